@@ -1,0 +1,179 @@
+"""The passive party: owns a feature slice and a bottom model, answers protocol requests.
+
+A party never sees labels or other parties' features. It answers three kinds of request
+(:mod:`vfl_sim.protocol`): ``Embed`` (compute embeddings of sample ids), ``Backward`` (apply the
+gradient of the loss with respect to its last embedding and step its optimizer) and
+``LocalOp`` (named party-side operations: optimizer set-up, state snapshots, resets and the
+party's side of unlearning methods). Party-side operations are plain functions registered with
+:func:`party_op`, so a method's local step is added without touching this class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vfl_sim.config import OptimConfig
+from vfl_sim.models.bottoms import BottomModel
+from vfl_sim.models.state import clone_state, reset_parameters, state_digest
+from vfl_sim.optim import build_optimizer, build_scheduler
+from vfl_sim.protocol import Ack, Backward, Embed, EmbedReply, LocalOp, Reply, Request
+
+PartyOp = Callable[..., dict[str, Any] | None]
+_OPS: dict[str, PartyOp] = {}
+
+
+def party_op(name: str) -> Callable[[PartyOp], PartyOp]:
+    """Register ``fn(party, **args) -> dict | None`` as the party-side operation ``name``."""
+
+    def wrap(fn: PartyOp) -> PartyOp:
+        if name in _OPS and _OPS[name] is not fn:
+            raise ValueError(f"party operation '{name}' is already registered")
+        _OPS[name] = fn
+        return fn
+
+    return wrap
+
+
+def registered_ops() -> list[str]:
+    return sorted(_OPS)
+
+
+class Party:
+    """One passive party.
+
+    Parameters
+    ----------
+    party_id
+        The party's name (``party_0`` ...).
+    features
+        This party's columns of every sample, row ``i`` being sample id ``i``. Kept as one
+        tensor; a batch is one ``index_select``.
+    bottom
+        The party's bottom model.
+    init_seed
+        Seed of the bottom model's initialization; ``reset`` without a seed returns to it.
+    device
+        Where the bottom model and the features live.
+    """
+
+    def __init__(
+        self, party_id: str, features: torch.Tensor, bottom: BottomModel, *, init_seed: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.party_id = party_id
+        self.device = torch.device(device)
+        self.features = features.to(self.device)
+        self.bottom = bottom.to(self.device)
+        self.init_seed = init_seed
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.states: dict[str, dict[str, torch.Tensor]] = {}
+        self._pending: torch.Tensor | None = None  # embedding whose graph awaits a Backward
+        self.reset_parameters(init_seed)
+
+    # -- protocol -----------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Reply:
+        """Answer one protocol request."""
+        if isinstance(request, Embed):
+            return self.embed(request)
+        if isinstance(request, Backward):
+            self.backward(request.grad, step=request.step)
+            return self.embed(request.then) if request.then is not None else Ack()
+        if isinstance(request, LocalOp):
+            op = _OPS.get(request.name)
+            if op is None:
+                raise KeyError(f"{self.party_id}: unknown party operation '{request.name}'; known: {registered_ops()}")
+            return Ack(op(self, **request.args) or {})
+        raise TypeError(f"{self.party_id}: unsupported request {type(request).__name__}")
+
+    def embed(self, request: Embed) -> EmbedReply:
+        x = self.features.index_select(0, request.ids.to(self.device))
+        if request.train:
+            self.bottom.train()
+            out = self.bottom(x)
+            self._pending = out
+            return EmbedReply(out.detach())
+        self.bottom.eval()
+        with torch.no_grad():
+            if request.layers:
+                out, layers = self.bottom.forward_layers(x)
+                return EmbedReply(out, layers)
+            return EmbedReply(self.bottom(x))
+
+    def backward(self, grad: torch.Tensor, *, step: bool = True) -> None:
+        if self._pending is None:
+            raise RuntimeError(f"{self.party_id}: Backward without a preceding training Embed")
+        out, self._pending = self._pending, None
+        out.backward(grad.to(self.device))
+        if step:
+            if self.optimizer is None:
+                raise RuntimeError(f"{self.party_id}: Backward with step before 'configure'")
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def reset_parameters(self, seed: int) -> None:
+        """Re-initialize the bottom model as a fresh model seeded with ``seed``."""
+        reset_parameters(self.bottom, seed)
+        self._pending = None
+
+
+@party_op("configure")
+def _configure(party: Party, optim: dict[str, Any], total_steps: int = 0, trainable: str = "all") -> None:
+    """Set up a fresh optimizer (and schedule over ``total_steps``) for the next phase."""
+    cfg = OptimConfig.model_validate(optim)
+    for p in party.bottom.parameters():
+        p.requires_grad_(trainable == "all")
+    party.optimizer = build_optimizer(party.bottom.parameters(), cfg) if trainable == "all" else None
+    party.scheduler = build_scheduler(party.optimizer, cfg.schedule, total_steps) if party.optimizer else None
+    party._pending = None
+
+
+@party_op("save_state")
+def _save_state(party: Party, name: str) -> None:
+    party.states[name] = clone_state(party.bottom)
+
+
+@party_op("load_state")
+def _load_state(party: Party, name: str) -> None:
+    if name not in party.states:
+        raise KeyError(f"{party.party_id}: no saved state '{name}'")
+    party.bottom.load_state_dict(party.states[name])
+    party.optimizer = party.scheduler = None
+    party._pending = None
+
+
+@party_op("reset")
+def _reset(party: Party, seed: int | None = None) -> None:
+    party.reset_parameters(party.init_seed if seed is None else seed)
+    party.optimizer = party.scheduler = None
+
+
+@party_op("checkpoint")
+def _checkpoint(party: Party, path: str, name: str | None = None) -> dict[str, Any]:
+    """Write a saved state (or the current one) to ``path``; the party writes its own file."""
+    state = party.states[name] if name is not None else party.bottom.state_dict()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, target)
+    return {"bytes": target.stat().st_size}
+
+
+@party_op("load_checkpoint")
+def _load_checkpoint(party: Party, path: str, name: str) -> None:
+    party.states[name] = torch.load(path, map_location=party.device, weights_only=True)
+
+
+@party_op("digest")
+def _digest(party: Party, name: str | None = None) -> dict[str, Any]:
+    """SHA-256 of the current (or a saved) state: lets the server check nothing changed."""
+    state = party.states[name] if name is not None else party.bottom.state_dict()
+    return {"sha256": state_digest(state)}

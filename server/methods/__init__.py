@@ -1,0 +1,28 @@
+"""Unlearning methods: the base class, the registry, and the built-in methods.
+
+Importing this package registers the built-in methods. A user method is a subclass of
+:class:`UnlearningMethod` decorated with ``@register_method("name")`` in a module listed under
+``plugins:`` in the config.
+"""
+
+from server.methods import baselines as _baselines  # noqa: F401  (registers the built-ins)
+from server.methods.base import (
+    ForgetSet,
+    MethodParams,
+    PhaseParams,
+    UnlearningContext,
+    UnlearningMethod,
+)
+from server.methods.registry import available_methods, build_method, get_method, register_method
+
+__all__ = [
+    "ForgetSet",
+    "MethodParams",
+    "PhaseParams",
+    "UnlearningContext",
+    "UnlearningMethod",
+    "available_methods",
+    "build_method",
+    "get_method",
+    "register_method",
+]

@@ -1,0 +1,85 @@
+"""Baseline unlearning methods: exact retraining, fine-tuning and gradient ascent."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from server.methods.base import MethodParams, PhaseParams, UnlearningContext, UnlearningMethod
+from server.methods.registry import register_method
+
+
+class RetrainParams(MethodParams):
+    epochs: int | None = Field(None, ge=1, description="default: the original's epochs")
+
+
+@register_method("retrain")
+class Retrain(UnlearningMethod):
+    """Exact unlearning: train from the original initialization on the retained data only.
+
+    The gold standard every audit compares against (Cao and Yang, "Towards Making Systems
+    Forget with Machine Unlearning", IEEE S&P 2015). Same recipe as the original (optimizer,
+    schedule, batch size, epochs); the forget samples are never sent to any party.
+    """
+
+    Params = RetrainParams
+
+    def unlearn(self, ctx: UnlearningContext) -> None:
+        assert isinstance(self.params, RetrainParams)
+        ctx.server.reset(ctx.top_seed)
+        ctx.server.train_epochs(
+            ctx.forget.retain_ids,
+            epochs=self.params.epochs or ctx.train.epochs,
+            batch_size=ctx.train.batch_size,
+            optim=ctx.train,
+            generator=ctx.generator,
+            on_step=ctx.on_step,
+        )
+
+
+class FinetuneParams(PhaseParams):
+    epochs: int = Field(5, ge=1)
+    lr: float = Field(0.01, gt=0)
+
+
+@register_method("finetune")
+class Finetune(UnlearningMethod):
+    """Fine-tuning (FT) on the retained data, relying on catastrophic forgetting.
+
+    The standard baseline of Warnecke et al. ("Machine Unlearning of Features and Labels",
+    NDSS 2023) and Jia et al. ("Model Sparsity Can Simplify Machine Unlearning", NeurIPS 2023):
+    a few epochs of ordinary training on the retain set, starting from the original model.
+    """
+
+    Params = FinetuneParams
+
+    def unlearn(self, ctx: UnlearningContext) -> None:
+        assert isinstance(self.params, PhaseParams)
+        ctx.phase(self.params, ctx.forget.retain_ids)
+
+
+class NegGradParams(PhaseParams):
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(1e-3, gt=0)
+
+
+def _ascent(logits: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    return -F.cross_entropy(logits, labels)
+
+
+@register_method("neggrad")
+class NegGrad(UnlearningMethod):
+    """Gradient ascent (NegGrad) on the forget set.
+
+    Maximizes the cross-entropy of the forget samples (Golatkar et al., "Eternal Sunshine of
+    the Spotless Net", CVPR 2020, as the NegGrad baseline; Thudi et al., "Unrolling SGD", 2022).
+    Every party receives the gradient of the negated loss with respect to its own embedding,
+    so ascent runs through all bottom models as well as the top model.
+    """
+
+    Params = NegGradParams
+
+    def unlearn(self, ctx: UnlearningContext) -> None:
+        assert isinstance(self.params, PhaseParams)
+        ctx.phase(self.params, ctx.forget.forget_ids, loss_fn=_ascent)

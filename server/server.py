@@ -1,0 +1,224 @@
+"""The server (active party): owns the labels and the top model, drives split learning.
+
+For each minibatch the server asks every party for the embedding of the batch ids, fuses the
+embeddings, computes the loss with the labels it alone holds, steps the top model, and sends
+each party only the gradient of the loss with respect to that party's embedding. The gradient
+message for batch ``t`` carries the request for batch ``t + 1``, so a step costs one round
+trip per party.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from vfl_sim.config import OptimConfig
+from vfl_sim.models.state import clone_state, reset_parameters, state_digest
+from vfl_sim.models.top import TopModel, fuse
+from vfl_sim.optim import build_optimizer, build_scheduler
+from vfl_sim.protocol import Backward, Embed, EmbedReply, LocalOp, Reply
+from vfl_sim.transport import Transport
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss(logits, labels, ids) -> scalar``; ids let a loss treat forget samples differently."""
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels)
+
+
+class StepCallback(Protocol):
+    def __call__(self, loss: float) -> None: ...
+
+
+def make_batches(ids: torch.Tensor, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
+    """Shuffle ``ids`` (when a generator is given) and cut them into minibatches.
+
+    A trailing batch of one sample is merged into the previous batch: batch normalization
+    cannot normalize a single sample in training mode.
+    """
+    order = ids[torch.randperm(ids.numel(), generator=generator)] if generator is not None else ids
+    batches = list(torch.split(order, batch_size))
+    if len(batches) > 1 and batches[-1].numel() == 1:
+        batches[-2] = torch.cat([batches[-2], batches.pop()])
+    return batches
+
+
+class Server:
+    """The active party.
+
+    Parameters
+    ----------
+    labels
+        Labels of all samples, by sample id. Never sent to a party.
+    top
+        The top model over the fused embeddings.
+    transport
+        How requests reach the parties.
+    fusion
+        How party embeddings are fused (``concat``, ``sum``, ``mean``).
+    """
+
+    def __init__(
+        self, labels: torch.Tensor, top: TopModel, transport: Transport, *, fusion: str = "concat",
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        self.labels = labels.to(self.device)
+        self.top = top.to(self.device)
+        self.transport = transport
+        self.fusion = fusion
+        self.party_ids = list(transport.party_ids)
+        self.states: dict[str, dict[str, torch.Tensor]] = {}
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    # -- parties -------------------------------------------------------------------------------
+
+    def party_op(self, name: str, **args: Any) -> dict[str, dict[str, Any]]:
+        """Run a registered party-side operation on every party; returns each party's info."""
+        replies = self.transport.broadcast(LocalOp(name, args))
+        return {pid: getattr(r, "info", {}) for pid, r in replies.items()}
+
+    def _embeddings(self, replies: dict[str, Reply]) -> list[torch.Tensor]:
+        out = []
+        for pid in self.party_ids:
+            reply = replies[pid]
+            if not isinstance(reply, EmbedReply):
+                raise RuntimeError(f"{pid} answered {type(reply).__name__} where an embedding was expected")
+            out.append(reply.embedding.to(self.device))
+        return out
+
+    # -- training ------------------------------------------------------------------------------
+
+    def configure(
+        self, optim: OptimConfig, total_steps: int, *, parties: bool = True, top: bool = True
+    ) -> None:
+        """Fresh optimizers for the next phase on the top model and (if ``parties``) every bottom."""
+        for p in self.top.parameters():
+            p.requires_grad_(top)
+        self.optimizer = build_optimizer(self.top.parameters(), optim) if top else None
+        self.scheduler = build_scheduler(self.optimizer, optim.schedule, total_steps) if self.optimizer else None
+        self.party_op(
+            "configure", optim=optim.model_dump(mode="json"), total_steps=total_steps,
+            trainable="all" if parties else "none",
+        )
+
+    def train_epochs(
+        self,
+        ids: torch.Tensor,
+        *,
+        epochs: int,
+        batch_size: int,
+        optim: OptimConfig,
+        generator: torch.Generator,
+        loss_fn: LossFn = cross_entropy,
+        update_parties: bool = True,
+        update_top: bool = True,
+        on_step: StepCallback | None = None,
+    ) -> None:
+        """Exact split learning over ``ids`` for ``epochs`` epochs.
+
+        The top model and (if ``update_parties``) every bottom model get fresh optimizers from
+        ``optim`` with a per-step schedule over the whole phase.
+        """
+        ids = ids.to(torch.int64).cpu()
+        if ids.numel() == 0:
+            raise ValueError("no samples to train on")
+        steps_per_epoch = len(make_batches(ids, batch_size, None))
+        self.configure(optim, epochs * steps_per_epoch, parties=update_parties, top=update_top)
+        for _ in range(epochs):
+            self.run_epoch(
+                make_batches(ids, batch_size, generator), loss_fn=loss_fn,
+                update_parties=update_parties, update_top=update_top, on_step=on_step,
+            )
+
+    def run_epoch(
+        self, batches: Sequence[torch.Tensor], *, loss_fn: LossFn = cross_entropy, update_parties: bool = True,
+        update_top: bool = True, on_step: StepCallback | None = None,
+    ) -> None:
+        """One pass over ``batches`` with the optimizers set by :meth:`configure`."""
+        self.top.train()
+        replies = self.transport.broadcast(Embed(batches[0], train=update_parties))
+        for t, batch in enumerate(batches):
+            leaves = [e.requires_grad_(update_parties) for e in self._embeddings(replies)]
+            logits = self.top(fuse(leaves, self.fusion))
+            loss = loss_fn(logits, self.labels[batch.to(self.device)], batch)
+            if self.optimizer is not None:
+                self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.optimizer is not None:
+                self.optimizer.step()
+                if self.scheduler is not None:
+                    self.scheduler.step()
+            nxt = Embed(batches[t + 1], train=update_parties) if t + 1 < len(batches) else None
+            if update_parties:
+                replies = self.transport.exchange(
+                    {pid: Backward(leaf.grad, then=nxt) for pid, leaf in zip(self.party_ids, leaves)}  # type: ignore[arg-type]
+                )
+            elif nxt is not None:
+                replies = self.transport.broadcast(nxt)
+            if on_step is not None:
+                on_step(float(loss.detach()))
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def embed(
+        self, ids: torch.Tensor, *, layers: bool = False, batch_size: int = 4096
+    ) -> tuple[list[torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+        """Eval-mode embeddings of ``ids`` from every party, in party order, and (if ``layers``)
+        each party's named layer activations ``{party_id: {layer: (n, d)}}``."""
+        ids = ids.to(torch.int64).cpu()
+        chunks: list[list[torch.Tensor]] = [[] for _ in self.party_ids]
+        layer_chunks: dict[str, dict[str, list[torch.Tensor]]] = {pid: {} for pid in self.party_ids}
+        for batch in torch.split(ids, batch_size):
+            replies = self.transport.broadcast(Embed(batch, train=False, layers=layers))
+            for k, pid in enumerate(self.party_ids):
+                reply = replies[pid]
+                assert isinstance(reply, EmbedReply)
+                chunks[k].append(reply.embedding.to(self.device))
+                for name, t in (reply.layers or {}).items():
+                    layer_chunks[pid].setdefault(name, []).append(t)
+        embeddings = [torch.cat(c) for c in chunks]
+        per_layer = {pid: {n: torch.cat(ts) for n, ts in d.items()} for pid, d in layer_chunks.items()}
+        return embeddings, per_layer
+
+    def logits(self, embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
+        self.top.eval()
+        with torch.no_grad():
+            return self.top(fuse(list(embeddings), self.fusion))
+
+    def predict(self, ids: torch.Tensor) -> torch.Tensor:
+        """Predicted labels of ``ids`` under the current models."""
+        embeddings, _ = self.embed(ids)
+        return self.logits(embeddings).argmax(1)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def save_state(self, name: str) -> None:
+        """Snapshot the top model here and every bottom model at its party under ``name``."""
+        self.states[name] = clone_state(self.top)
+        self.party_op("save_state", name=name)
+
+    def load_state(self, name: str) -> None:
+        """Make the snapshot ``name`` current on the server and every party."""
+        self.top.load_state_dict(self.states[name])
+        self.optimizer = self.scheduler = None
+        self.party_op("load_state", name=name)
+
+    def reset(self, top_seed: int) -> None:
+        """Fresh initialization everywhere: the top from ``top_seed``, each bottom from its
+        party's own initialization seed (the same initialization the original started from)."""
+        reset_parameters(self.top, top_seed)
+        self.optimizer = self.scheduler = None
+        self.party_op("reset")
+
+    def digests(self, name: str | None = None) -> dict[str, str]:
+        """SHA-256 of the top model (key ``top``) and of every bottom, current or saved as ``name``."""
+        state = self.states[name] if name is not None else self.top.state_dict()
+        out = {"top": state_digest(state)}
+        out.update({pid: info["sha256"] for pid, info in self.party_op("digest", name=name).items()})
+        return out

@@ -1,0 +1,292 @@
+"""Typed, validated experiment configuration.
+
+A config is a YAML file, optionally amended with dotted ``--set key=value`` overrides, that
+is validated into :class:`ExperimentConfig` before anything is built or written. Every
+validation failure becomes one :class:`~vfl_sim.errors.ConfigError` line naming the field
+and, where there is a fixed set, the allowed values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vfl_sim.errors import ConfigError
+
+EMBEDDED_DATASETS = ("digits", "breast_cancer", "wine", "synthetic")
+VISION_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn")
+DATASETS = EMBEDDED_DATASETS + VISION_DATASETS
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(_Section):
+    """Seeded synthetic tabular data, for scale tests and audits with known answers.
+
+    ``structure: planted`` gives every class its own feature directions, spread over all
+    parties (each party holds ``informative_per_party`` informative columns), so the forgotten
+    class is linearly separable in every party's raw view by construction. ``structure: mixed``
+    draws random class means in the same informative columns, as in a Gaussian mixture.
+    """
+
+    samples: Annotated[int, Field(ge=20)] = 2000
+    features: Annotated[int, Field(ge=1)] = 20
+    classes: Annotated[int, Field(ge=2)] = 4
+    informative_per_party: Annotated[int, Field(ge=1)] = 4
+    structure: Literal["planted", "mixed"] = "planted"
+    separation: Annotated[float, Field(gt=0)] = 2.0
+    noise: Annotated[float, Field(gt=0)] = 1.0
+
+
+class DataConfig(_Section):
+    name: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
+    root: str | None = None
+    download: bool = False
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    # The split has its own seed so that sweeping `seed` varies training, not which samples are held out.
+    split_seed: int = 0
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+class PartitionConfig(_Section):
+    """How the feature columns are split among the passive parties.
+
+    ``strips`` cuts images into vertical strips along the width (the usual VFL protocol; the
+    last party takes the remainder); ``contiguous`` cuts flat features into K contiguous
+    groups; ``random`` shuffles the columns with the seed first; ``columns`` takes an explicit
+    list of column indices per party. ``auto`` is ``strips`` for images and ``contiguous``
+    otherwise.
+    """
+
+    parties: Annotated[int, Field(ge=1)] = 2
+    scheme: Literal["auto", "strips", "contiguous", "random", "columns"] = "auto"
+    columns: list[list[int]] | None = None
+
+    @model_validator(mode="after")
+    def _columns_match_scheme(self) -> PartitionConfig:
+        if self.scheme == "columns":
+            if not self.columns:
+                raise ValueError("scheme 'columns' needs partition.columns: one list of column indices per party")
+            if len(self.columns) != self.parties:
+                raise ValueError(
+                    f"partition.columns has {len(self.columns)} lists but partition.parties is {self.parties}"
+                )
+        elif self.columns is not None:
+            raise ValueError(f"partition.columns is only used with scheme 'columns', not '{self.scheme}'")
+        return self
+
+
+class ModelConfig(_Section):
+    """Bottom models (one per party) and the top model (on the server).
+
+    ``bottom: auto`` picks ``cnn`` for images and ``mlp`` for flat features; ``mirage`` is the
+    published Mirage setup (six 3x3 conv layers 64-64-128-128-256-256, 256-d embedding; its top
+    is ``mlp`` with hidden ``[512, 256]`` and dropout 0.5).
+    """
+
+    bottom: Literal["auto", "mlp", "cnn", "mirage"] = "auto"
+    embedding_dim: Annotated[int, Field(ge=1)] = 32
+    bottom_hidden: list[Annotated[int, Field(ge=1)]] = [64]
+    batch_norm: bool = True
+    bottom_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    cnn_channels: list[Annotated[int, Field(ge=1)]] = [32, 64]
+    top: Literal["linear", "mlp"] = "mlp"
+    top_hidden: list[Annotated[int, Field(ge=1)]] = [64]
+    top_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    fusion: Literal["concat", "sum", "mean"] = "concat"
+
+    @model_validator(mode="after")
+    def _mirage_preset(self) -> ModelConfig:
+        if self.bottom == "mirage" and "embedding_dim" not in self.model_fields_set:
+            object.__setattr__(self, "embedding_dim", 256)
+        return self
+
+
+class OptimConfig(_Section):
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: Annotated[float, Field(gt=0)] = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+    schedule: Literal["constant", "cosine"] = "cosine"
+
+
+class TrainConfig(OptimConfig):
+    epochs: Annotated[int, Field(ge=1)] = 30
+    batch_size: Annotated[int, Field(ge=1)] = 64
+
+
+class ForgetConfig(_Section):
+    """A forget request: a set of classes, or a set of training samples (by id or fraction)."""
+
+    kind: Literal["class", "samples"] = "class"
+    classes: list[Annotated[int, Field(ge=0)]] | None = None
+    ids: list[Annotated[int, Field(ge=0)]] | None = None
+    fraction: Annotated[float, Field(gt=0, lt=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ForgetConfig:
+        if self.kind == "class":
+            if not self.classes:
+                raise ValueError("forget.kind 'class' needs forget.classes, a non-empty list of class indices")
+            if self.ids is not None or self.fraction is not None:
+                raise ValueError("forget.ids and forget.fraction are for kind 'samples', not 'class'")
+        else:
+            if (self.ids is None) == (self.fraction is None):
+                raise ValueError("forget.kind 'samples' needs exactly one of forget.ids or forget.fraction")
+            if self.ids is not None and not self.ids:
+                raise ValueError("forget.ids is empty")
+            if self.classes is not None:
+                raise ValueError("forget.classes is for kind 'class', not 'samples'")
+        return self
+
+
+class MethodSpec(_Section):
+    """One unlearning method to run: a registered name and its hyperparameters."""
+
+    name: str
+    params: dict[str, Any] = {}
+
+
+class AuditConfig(_Section):
+    probe_eval_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.3
+    probe_C: Annotated[float, Field(gt=0)] = 1.0
+    max_samples: Annotated[int, Field(ge=10)] = 5000
+
+
+class ExperimentConfig(_Section):
+    """The whole experiment: data, partition, models, training, forget request, methods, audit."""
+
+    name: str = "experiment"
+    seed: int = 0
+    runtime: Literal["local"] = "local"
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    threads: Annotated[int, Field(ge=0)] = 0
+    plugins: list[str] = []
+    data: DataConfig = DataConfig()
+    partition: PartitionConfig = PartitionConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    forget: ForgetConfig = ForgetConfig(kind="class", classes=[0])
+    methods: list[MethodSpec] = [MethodSpec(name="retrain"), MethodSpec(name="finetune"), MethodSpec(name="neggrad")]
+    audit: AuditConfig = AuditConfig()
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _methods_shorthand(cls, value: Any) -> Any:
+        # YAML users write `methods: [retrain, {name: neggrad, params: {lr: 1e-3}}]`.
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _unique_methods(self) -> ExperimentConfig:
+        names = [m.name for m in self.methods]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"methods lists {', '.join(dup)} more than once")
+        if any(n in ("original",) for n in names):
+            raise ValueError("'original' is the trained model, not a method; remove it from methods")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Loading, overrides and error formatting
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if first["type"] == "extra_forbidden":
+        parent = ".".join(str(p) for p in first["loc"][:-1])
+        allowed = _allowed_keys(first["loc"][:-1])
+        where = f" in {parent}" if parent else ""
+        return f"unknown field '{first['loc'][-1]}'{where}; allowed: {', '.join(allowed)}"
+    got = first.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    prefix = f"{loc}: " if loc else ""
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{prefix}{msg}{shown}{more}"
+
+
+def _allowed_keys(loc: Iterable[Any]) -> list[str]:
+    model: Any = ExperimentConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return sorted(getattr(model, "model_fields", {}))
+
+
+def _parse_scalar(text: str) -> Any:
+    # YAML scalars so that `--set train.lr=1e-3` and `--set forget.classes=[0,1]` behave as in the file.
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse override value {text!r}: {exc}") from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply dotted ``key=value`` overrides to a raw config mapping (returns a new mapping)."""
+    out: dict[str, Any] = _deep_copy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (for example train.epochs=5)")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override key {key!r} is empty or has an empty part")
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key!r}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = _parse_scalar(value)
+    return out
+
+
+def _deep_copy(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+
+
+def config_from_dict(raw: Mapping[str, Any], overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Validate a raw mapping (plus dotted overrides) into an :class:`ExperimentConfig`."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("the config must be a mapping of sections (data, partition, model, train, ...)")
+    merged = apply_overrides(dict(raw), overrides)
+    try:
+        return ExperimentConfig.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Read a YAML config file and validate it with the overrides applied."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        detail = str(exc).replace("\n", " ")
+        raise ConfigError(f"{path}: not valid YAML: {detail}") from None
+    return config_from_dict(raw, overrides)
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML, in a form :func:`load_config` reads back to the same value."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,31 @@
+"""Errors that vfl-sim raises for bad input.
+
+Every error here is a user's mistake (a config field, a dataset path, a forget request, a
+party count), not a bug. The CLI prints them as one line and exits with code 2; the Python
+API lets them propagate so that callers can catch :class:`VflSimError`.
+"""
+
+from __future__ import annotations
+
+
+class VflSimError(Exception):
+    """Base class of every input error raised by vfl-sim."""
+
+
+class ConfigError(VflSimError, ValueError):
+    """A configuration field is missing, malformed or inconsistent with another field."""
+
+
+class DataError(VflSimError, ValueError):
+    """A dataset cannot be found or read, or its files are malformed."""
+
+
+class ForgetRequestError(VflSimError, ValueError):
+    """A forget request names classes, samples, parties or features that do not exist."""
+
+
+class RegistryError(VflSimError, KeyError):
+    """A method or auditor name is not registered."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""

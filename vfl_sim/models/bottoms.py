@@ -1,0 +1,113 @@
+"""Bottom models: what each party runs on its own feature slice.
+
+Every bottom model is a sequence of named stages. ``forward(x)`` returns the embedding;
+``forward_layers(x)`` also returns the output of every stage, pooled to one vector per sample
+(global average pooling for feature maps), so audits can probe each layer without hooks into
+anonymous modules.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def _pool(t: torch.Tensor) -> torch.Tensor:
+    return t.mean(dim=(2, 3)) if t.ndim == 4 else t.flatten(1)
+
+
+class BottomModel(nn.Module):
+    """A party's bottom model: named stages applied in order; the last gives the embedding."""
+
+    def __init__(self, stages: Sequence[tuple[str, nn.Module]], embedding_dim: int) -> None:
+        super().__init__()
+        self.stages = nn.Sequential(OrderedDict(stages))
+        self.embedding_dim = embedding_dim
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.stages._modules)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(x)
+
+    def forward_layers(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The embedding and every named stage's pooled output (the last stage is the embedding)."""
+        layers: dict[str, torch.Tensor] = {}
+        for name, stage in self.stages.named_children():
+            x = stage(x)
+            layers[name] = _pool(x)
+        return x, layers
+
+
+def mlp_bottom(
+    in_features: int, hidden: Sequence[int], embedding_dim: int, *, batch_norm: bool, dropout: float
+) -> BottomModel:
+    """Tabular bottom: ``[Linear-(BN)-ReLU-(Dropout)] x len(hidden)`` then ``Linear`` to the embedding."""
+    stages: list[tuple[str, nn.Module]] = []
+    width = in_features
+    for i, h in enumerate(hidden):
+        parts: list[nn.Module] = [nn.Linear(width, h)]
+        if batch_norm:
+            parts.append(nn.BatchNorm1d(h))
+        parts.append(nn.ReLU())
+        if dropout > 0:
+            parts.append(nn.Dropout(dropout))
+        stages.append((f"fc{i + 1}", nn.Sequential(*parts)))
+        width = h
+    stages.append(("embedding", nn.Sequential(nn.Flatten(1), nn.Linear(width, embedding_dim))))
+    return BottomModel(stages, embedding_dim)
+
+
+def _conv_bn_relu(c_in: int, c_out: int, batch_norm: bool) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(c_out))
+    layers.append(nn.ReLU())
+    return layers
+
+
+def _pool_kernel(height: int, width: int) -> tuple[int, int]:
+    # Narrow strips (a 2-pixel-wide strip of an 8x8 digit) cannot be halved along the width;
+    # pool only along the sides that are at least 2 long.
+    return (2 if height >= 2 else 1, 2 if width >= 2 else 1)
+
+
+def cnn_bottom(
+    in_shape: tuple[int, int, int], channels: Sequence[int], embedding_dim: int, *, batch_norm: bool
+) -> BottomModel:
+    """Small image bottom: one ``conv3x3-BN-ReLU-maxpool`` block per entry of ``channels``,
+    global average pooling and a linear projection to the embedding."""
+    c, h, w = in_shape
+    stages: list[tuple[str, nn.Module]] = []
+    for i, c_out in enumerate(channels):
+        kh, kw = _pool_kernel(h, w)
+        stages.append((f"conv{i + 1}", nn.Sequential(*_conv_bn_relu(c, c_out, batch_norm), nn.MaxPool2d((kh, kw)))))
+        c, h, w = c_out, h // kh, w // kw
+    stages.append(("embedding", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(c, embedding_dim))))
+    return BottomModel(stages, embedding_dim)
+
+
+def mirage_bottom(in_shape: tuple[int, int, int], embedding_dim: int = 256) -> BottomModel:
+    """The bottom of the Mirage paper (arXiv 2605.20282), which it calls "ResNet18".
+
+    ``[conv3x3(64)-BN-ReLU x2, maxpool2] [conv(128)-BN-ReLU x2, maxpool2] [conv(256)-BN-ReLU x2]``
+    then global average pooling to a 256-d embedding. Stages are named ``block1``..``block3``
+    (the 64, 128 and 256 channel blocks the paper probes layer by layer) and ``embedding``.
+    ``embedding_dim`` other than 256 adds a linear projection.
+    """
+    c, h, w = in_shape
+    kh, kw = _pool_kernel(h, w)
+    block1 = nn.Sequential(*_conv_bn_relu(c, 64, True), *_conv_bn_relu(64, 64, True), nn.MaxPool2d((kh, kw)))
+    h, w = h // kh, w // kw
+    kh, kw = _pool_kernel(h, w)
+    block2 = nn.Sequential(*_conv_bn_relu(64, 128, True), *_conv_bn_relu(128, 128, True), nn.MaxPool2d((kh, kw)))
+    block3 = nn.Sequential(*_conv_bn_relu(128, 256, True), *_conv_bn_relu(256, 256, True))
+    head: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
+    if embedding_dim != 256:
+        head.append(nn.Linear(256, embedding_dim))
+    stages = [("block1", block1), ("block2", block2), ("block3", block3), ("embedding", nn.Sequential(*head))]
+    return BottomModel(stages, embedding_dim)

@@ -1,0 +1,46 @@
+"""Build bottom and top models from the model config and the shapes of the party views."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from vfl_sim.config import ModelConfig
+from vfl_sim.errors import ConfigError
+from vfl_sim.models.bottoms import BottomModel, cnn_bottom, mirage_bottom, mlp_bottom
+from vfl_sim.models.top import TopModel, fused_dim
+
+
+def resolve_bottom_kind(cfg: ModelConfig, party_shape: tuple[int, ...]) -> str:
+    if cfg.bottom != "auto":
+        return cfg.bottom
+    return "cnn" if len(party_shape) == 3 else "mlp"
+
+
+def build_bottom(cfg: ModelConfig, party_shape: tuple[int, ...]) -> BottomModel:
+    """The bottom model for one party whose samples have shape ``party_shape``."""
+    kind = resolve_bottom_kind(cfg, party_shape)
+    if kind in ("cnn", "mirage"):
+        if len(party_shape) != 3:
+            raise ConfigError(
+                f"model.bottom '{kind}' needs image parties (partition.scheme strips); this party holds "
+                f"{int(np.prod(party_shape))} flat columns: use model.bottom mlp"
+            )
+        shape = (party_shape[0], party_shape[1], party_shape[2])
+        if kind == "mirage":
+            return mirage_bottom(shape, cfg.embedding_dim)
+        return cnn_bottom(shape, cfg.cnn_channels, cfg.embedding_dim, batch_norm=cfg.batch_norm)
+    return mlp_bottom(
+        int(np.prod(party_shape)), cfg.bottom_hidden, cfg.embedding_dim,
+        batch_norm=cfg.batch_norm, dropout=cfg.bottom_dropout,
+    )
+
+
+def build_top(cfg: ModelConfig, embedding_dims: Sequence[int], num_classes: int) -> TopModel:
+    """The server's top model over the fused embeddings."""
+    in_features = fused_dim(embedding_dims, cfg.fusion)
+    if cfg.bottom == "mirage" and cfg.top == "mlp":
+        return TopModel(in_features, num_classes, [512, 256], dropout=0.5, dropout_first_only=True)
+    hidden = cfg.top_hidden if cfg.top == "mlp" else []
+    return TopModel(in_features, num_classes, hidden, dropout=cfg.top_dropout)

@@ -1,0 +1,106 @@
+"""The protocol between the server and the passive parties.
+
+Requests go from the server to one party; each has one reply. The server sees only what the
+replies carry (embeddings, named layer activations of the embedding path, small metrics), and a
+party sees only sample ids, instructions and the gradient of the loss with respect to its own
+embedding. Every message knows its size in bytes so that communication is counted the same way
+on every transport.
+
+``Backward`` can carry the ``Embed`` of the next batch, so a training step costs one round
+trip per party instead of two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+def tensor_nbytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+def _value_nbytes(v: Any) -> int:
+    if isinstance(v, torch.Tensor):
+        return tensor_nbytes(v)
+    if isinstance(v, (bytes, str)):
+        return len(v)
+    if isinstance(v, dict):
+        return sum(len(str(k)) + _value_nbytes(x) for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return sum(_value_nbytes(x) for x in v)
+    return 8
+
+
+@dataclass(frozen=True)
+class Embed:
+    """Compute the embedding of samples ``ids``.
+
+    ``train=True`` runs the bottom model in training mode and keeps the autograd graph for the
+    ``Backward`` that follows; ``train=False`` runs it in eval mode without a graph.
+    ``layers=True`` also returns every named layer's pooled activations (for audits).
+    """
+
+    ids: torch.Tensor
+    train: bool = True
+    layers: bool = False
+
+    def nbytes(self) -> int:
+        return tensor_nbytes(self.ids) + 2
+
+
+@dataclass(frozen=True)
+class Backward:
+    """Back-propagate ``grad`` (dLoss/dEmbedding for the last training ``Embed``) and update.
+
+    ``step=False`` accumulates the gradient without an optimizer step; ``then`` asks for the
+    next batch's embedding in the same round trip.
+    """
+
+    grad: torch.Tensor
+    step: bool = True
+    then: Embed | None = None
+
+    def nbytes(self) -> int:
+        return tensor_nbytes(self.grad) + 1 + (self.then.nbytes() if self.then is not None else 0)
+
+
+@dataclass(frozen=True)
+class LocalOp:
+    """Run a named party-side operation (state snapshots, resets, a method's local step)."""
+
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        return len(self.name) + _value_nbytes(self.args)
+
+
+Request = Embed | Backward | LocalOp
+
+
+@dataclass(frozen=True)
+class EmbedReply:
+    """A party's embedding of the requested ids, and its named layer activations if asked."""
+
+    embedding: torch.Tensor
+    layers: dict[str, torch.Tensor] | None = None
+
+    def nbytes(self) -> int:
+        extra = sum(tensor_nbytes(t) for t in self.layers.values()) if self.layers else 0
+        return tensor_nbytes(self.embedding) + extra
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A reply without tensors: the operation ran; ``info`` holds small results (metrics)."""
+
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        return 1 + _value_nbytes(self.info)
+
+
+Reply = EmbedReply | Ack
