@@ -1,0 +1,31 @@
+"""Audits: did a model forget, at its output and in its representations?
+
+Every auditor works on plain arrays (:class:`AuditData`), so it runs on a live experiment,
+on saved embeddings, or on arrays from elsewhere. Metrics come as functions and as classes
+with an ``update``/``compute``/``reset`` life cycle.
+"""
+
+from audits.base import AuditData, Auditor, ModelEmbeddings, available_auditors, get_auditor, register_auditor
+from audits.cka import LinearCKA, linear_cka
+from audits.output import OutputAuditor, accuracy, output_metrics
+from audits.probe import LinearProbeRecovery, ProbeResult, linear_probe_recovery, probe_many
+from audits.representation import RepresentationAuditor
+
+__all__ = [
+    "AuditData",
+    "Auditor",
+    "LinearCKA",
+    "LinearProbeRecovery",
+    "ModelEmbeddings",
+    "OutputAuditor",
+    "ProbeResult",
+    "RepresentationAuditor",
+    "accuracy",
+    "available_auditors",
+    "get_auditor",
+    "linear_cka",
+    "linear_probe_recovery",
+    "output_metrics",
+    "probe_many",
+    "register_auditor",
+]

@@ -78,9 +78,9 @@ class Server:
 
     # -- parties -------------------------------------------------------------------------------
 
-    def party_op(self, name: str, **args: Any) -> dict[str, dict[str, Any]]:
+    def party_op(self, op: str, /, **args: Any) -> dict[str, dict[str, Any]]:
         """Run a registered party-side operation on every party; returns each party's info."""
-        replies = self.transport.broadcast(LocalOp(name, args))
+        replies = self.transport.broadcast(LocalOp(op, args))
         return {pid: getattr(r, "info", {}) for pid, r in replies.items()}
 
     def _embeddings(self, replies: dict[str, Reply]) -> list[torch.Tensor]:
@@ -103,7 +103,8 @@ class Server:
         self.optimizer = build_optimizer(self.top.parameters(), optim) if top else None
         self.scheduler = build_scheduler(self.optimizer, optim.schedule, total_steps) if self.optimizer else None
         self.party_op(
-            "configure", optim=optim.model_dump(mode="json"), total_steps=total_steps,
+            "configure", optim=optim.model_dump(mode="json", include=set(OptimConfig.model_fields)),
+            total_steps=total_steps,
             trainable="all" if parties else "none",
         )
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.server import Server
+from server.server import Server, make_batches
 from vfl_sim.config import OptimConfig, TrainConfig
 
 
@@ -74,6 +74,10 @@ class UnlearningContext:
     seed: int
     top_seed: int
     on_step: Callable[[float], None] | None = None
+
+    def steps(self, ids: torch.Tensor, epochs: int, batch_size: int | None = None) -> int:
+        """Number of optimizer steps of a phase over ``ids`` (for progress bars)."""
+        return epochs * len(make_batches(ids, batch_size or self.train.batch_size, None))
 
     def phase(self, params: PhaseParams, ids: torch.Tensor, **kwargs: Any) -> None:
         """Run one split-learning phase over ``ids`` with a method's optimizer settings."""

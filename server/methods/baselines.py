@@ -37,6 +37,10 @@ class Retrain(UnlearningMethod):
             on_step=ctx.on_step,
         )
 
+    def estimated_steps(self, ctx: UnlearningContext) -> int:
+        assert isinstance(self.params, RetrainParams)
+        return ctx.steps(ctx.forget.retain_ids, self.params.epochs or ctx.train.epochs)
+
 
 class FinetuneParams(PhaseParams):
     epochs: int = Field(5, ge=1)
@@ -57,6 +61,10 @@ class Finetune(UnlearningMethod):
     def unlearn(self, ctx: UnlearningContext) -> None:
         assert isinstance(self.params, PhaseParams)
         ctx.phase(self.params, ctx.forget.retain_ids)
+
+    def estimated_steps(self, ctx: UnlearningContext) -> int:
+        assert isinstance(self.params, PhaseParams)
+        return ctx.steps(ctx.forget.retain_ids, self.params.epochs, self.params.batch_size)
 
 
 class NegGradParams(PhaseParams):
@@ -83,3 +91,7 @@ class NegGrad(UnlearningMethod):
     def unlearn(self, ctx: UnlearningContext) -> None:
         assert isinstance(self.params, PhaseParams)
         ctx.phase(self.params, ctx.forget.forget_ids, loss_fn=_ascent)
+
+    def estimated_steps(self, ctx: UnlearningContext) -> int:
+        assert isinstance(self.params, PhaseParams)
+        return ctx.steps(ctx.forget.forget_ids, self.params.epochs, self.params.batch_size)

@@ -1,0 +1,153 @@
+"""The ``vfl-sim`` command line.
+
+``vfl-sim run CONFIG`` runs one experiment, ``validate`` checks a config without running it,
+``demo`` runs the embedded default (digits, 2 parties, forget class 0, every registered method),
+``bench`` times the split runtime against a monolithic model, and ``methods`` lists what is
+registered. Input errors print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from vfl_sim import __version__
+from vfl_sim.errors import VflSimError
+
+EXIT_INPUT_ERROR = 2
+log = logging.getLogger("vfl_sim")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vfl-sim", description="Vertical federated learning simulator with unlearning audits.")
+    p.add_argument("--version", action="version", version=f"vfl-sim {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field with a dotted key, e.g. --set train.epochs=5 (repeatable)")
+        sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines; only the results")
+
+    run = sub.add_parser("run", help="run an experiment from a YAML config")
+    run.add_argument("config", type=Path)
+    run.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<name>-<timestamp>)")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty run folder")
+    common(run)
+
+    val = sub.add_parser("validate", help="check a config (and its dataset, partition and forget request) without running")
+    val.add_argument("config", type=Path)
+    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    demo = sub.add_parser("demo", help="digits, 2 parties, forget class 0, every registered method, audit")
+    demo.add_argument("--out", type=Path, default=None)
+    demo.add_argument("--overwrite", action="store_true")
+    common(demo)
+
+    bench = sub.add_parser("bench", help="epoch time of the split (local) runtime vs one monolithic PyTorch model")
+    bench.add_argument("config", type=Path, nargs="?", default=None, help="config to benchmark (default: digits and a 20,000-sample synthetic set)")
+    bench.add_argument("--epochs", type=int, default=5, help="timed epochs per repeat")
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    sub.add_parser("methods", help="list registered unlearning methods and their parameters")
+    return p
+
+
+def _setup_logging(quiet: bool) -> Console:
+    console = Console(stderr=True)
+    level = logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)], force=True)
+    return console
+
+
+def _default_out(name: str) -> Path:
+    return Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def print_results(report: dict[str, Any], console: Console) -> None:
+    from vfl_sim.report import results_rows
+
+    header, rows = results_rows(report)
+    f = report["forget_request"]
+    table = Table(title=f"{report['name']}: {report['dataset']['name']}, {len(report['parties'])} parties, forget {f['kind']} "
+                        f"{f['classes'] if f['kind'] == 'class' else f['forget_train_samples']}")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
+
+
+def _run(cfg: Any, out: Path | None, overwrite: bool, quiet: bool) -> int:
+    from vfl_sim.experiment import prepare
+    from vfl_sim.progress import ProgressReporter
+
+    console = _setup_logging(quiet)
+    exp = prepare(cfg)
+    out = out or _default_out(cfg.name)
+    report = exp.run(out, progress=ProgressReporter(enabled=not quiet, console=console), overwrite=overwrite)
+    print_results(report, Console())
+    if not quiet:
+        console.print(f"run folder: {out} (report.json, report.md, config.yaml, checkpoints/)")
+    return 0
+
+
+def _demo_config(overrides: Sequence[str]) -> Any:
+    import server.methods as methods
+    from vfl_sim.config import config_from_dict
+
+    # The defaults are the demo: digits, 2 parties (8x4 strips), forget class 0.
+    return config_from_dict({"name": "demo", "methods": methods.available_methods()}, overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    err = Console(stderr=True)
+    try:
+        from vfl_sim.config import load_config
+
+        if args.command == "run":
+            return _run(load_config(args.config, args.overrides), args.out, args.overwrite, args.quiet)
+        if args.command == "demo":
+            return _run(_demo_config(args.overrides), args.out, args.overwrite, args.quiet)
+        if args.command == "validate":
+            from vfl_sim.experiment import prepare
+
+            exp = prepare(load_config(args.config, args.overrides))
+            f = exp.forget
+            print(f"ok: {exp.dataset.name}, {len(exp.slices)} parties, forget {f.kind} "
+                  f"({f.forget_ids.numel()} training samples), methods: {', '.join(m.name for m in exp.methods)}")
+            return 0
+        if args.command == "bench":
+            from vfl_sim.bench import run_bench
+
+            run_bench(args.config, args.overrides, epochs=args.epochs, repeats=args.repeats)
+            return 0
+        if args.command == "methods":
+            from server.methods import available_methods, get_method
+
+            for name in available_methods():
+                cls = get_method(name)
+                params = ", ".join(f"{k}={v.default}" for k, v in cls.Params.model_fields.items())
+                print(f"{name:<16} supports {','.join(sorted(cls.supports)):<16} {params}")
+            return 0
+    except VflSimError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        err.print("interrupted; no run folder was written")
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""One experiment, end to end: build roles, train, forget, unlearn, audit, report.
+
+:func:`prepare` validates everything a run needs (plugins, dataset, partition, models, forget
+request, methods) before anything is written, so bad input fails with one error and leaves no
+half-written run folder. :meth:`Experiment.run` then does the work and writes the run folder
+atomically (into a temporary sibling that is renamed at the end).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import server.methods  # noqa: F401  (registers the built-in methods)
+from audits.base import AuditData, ModelEmbeddings, get_auditor
+from audits.representation import RepresentationAuditor
+from server.coordinator import ORIGINAL, UnlearningCoordinator, resolve_forget_request
+from server.methods.base import ForgetSet, UnlearningMethod
+from server.methods.registry import build_method
+from server.server import Server, make_batches
+from vfl_sim import __version__
+from vfl_sim.config import ExperimentConfig, dump_config
+from vfl_sim.data.dataset import VflDataset
+from vfl_sim.data.loaders import load_dataset
+from vfl_sim.data.partition import PartySlice, partition_features
+from vfl_sim.errors import ConfigError
+from vfl_sim.models.state import reset_parameters
+from vfl_sim.models.zoo import build_bottom, build_top
+from vfl_sim.progress import ProgressReporter
+from vfl_sim.protocol import LocalOp
+from vfl_sim.report import SCHEMA_VERSION, write_markdown
+from vfl_sim.runtimes.local import local_transport, party_shapes
+from vfl_sim.seeding import derive_seed, seed_everything, torch_generator
+
+log = logging.getLogger("vfl_sim")
+AUDITORS = ("output", "representation")
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import user modules so their ``@register_method`` / ``@register_auditor`` run."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"plugins: cannot import '{name}': {exc}") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device is 'cuda' but no CUDA device is available; use cpu or auto")
+    return torch.device(name)
+
+
+@dataclass
+class Experiment:
+    """A validated experiment, ready to run."""
+
+    cfg: ExperimentConfig
+    dataset: VflDataset
+    slices: list[PartySlice]
+    forget: ForgetSet
+    methods: list[UnlearningMethod]
+    device: torch.device
+
+    # -- building ------------------------------------------------------------------------------
+
+    def build_server(self) -> Server:
+        """Parties (behind the configured transport) and the server, freshly initialized."""
+        transport = local_transport(self.cfg, self.dataset, self.slices, self.device)
+        dims = [build_bottom(self.cfg.model, s).embedding_dim for s in party_shapes(self.dataset, self.slices)]
+        top = build_top(self.cfg.model, dims, self.dataset.num_classes)
+        reset_parameters(top, self.top_seed)
+        return Server(
+            torch.from_numpy(self.dataset.labels), top, transport, fusion=self.cfg.model.fusion, device=self.device
+        )
+
+    @property
+    def top_seed(self) -> int:
+        return derive_seed(self.cfg.seed, "init", "top")
+
+    # -- running -------------------------------------------------------------------------------
+
+    def run(self, out_dir: str | Path, *, progress: ProgressReporter | None = None, overwrite: bool = False) -> dict[str, Any]:
+        """Train the original, run every method, audit, and write the run folder.
+
+        Returns the report (also written as ``report.json``).
+        """
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise ConfigError(f"output folder {out} exists and is not empty; choose another --out or pass --overwrite")
+        progress = progress or ProgressReporter(enabled=False)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        try:
+            report = self._run(work, progress)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(work, out)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        return report
+
+    def _run(self, work: Path, progress: ProgressReporter) -> dict[str, Any]:
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed)
+        (work / "config.yaml").write_text(dump_config(cfg))
+        server = self.build_server()
+        train_ids = torch.from_numpy(self.dataset.train_ids)
+        steps = len(make_batches(train_ids, cfg.train.batch_size, None))
+
+        log.info("training the original model on %d samples, %d parties", train_ids.numel(), len(self.slices))
+        start = time.perf_counter()
+        with progress.phase("train original", cfg.train.epochs * steps) as on_step:
+            server.train_epochs(
+                train_ids, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, optim=cfg.train,
+                generator=torch_generator(derive_seed(cfg.seed, "batches", ORIGINAL)), on_step=on_step,
+            )
+        runs: dict[str, dict[str, Any]] = {
+            ORIGINAL: {"runtime_s": time.perf_counter() - start, "communication": server.transport.stats.to_dict()}
+        }
+        server.save_state(ORIGINAL)
+        original_digest = server.digests(ORIGINAL)
+
+        coordinator = UnlearningCoordinator(server, self.forget, cfg.train, seed=cfg.seed, top_seed=self.top_seed)
+        for method in self.methods:
+            ctx = coordinator.context(method)
+            with progress.phase(method.name, method.estimated_steps(ctx)) as on_step:
+                ctx.on_step = on_step
+                result = coordinator.run(method, ctx)
+            log.info("%s done in %.2fs", method.name, result.runtime_s)
+            runs[method.name] = result.to_dict()
+        if server.digests(ORIGINAL) != original_digest:  # a method wrote to the original snapshot
+            raise RuntimeError("the original model changed while running methods")
+
+        start = time.perf_counter()
+        data = self.gather(server, list(runs))
+        results = self.audit(data)
+        audit_s = time.perf_counter() - start
+        self.save_checkpoints(server, list(runs), work / "checkpoints")
+        np.savez_compressed(work / "audit_embeddings.npz", **_embedding_arrays(data))
+
+        report = self.report(runs, results, audit_s)
+        (work / "report.json").write_text(json.dumps(report, indent=2))
+        (work / "report.md").write_text(write_markdown(report))
+        return report
+
+    def audit_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """The audit samples (ids and their split name), each group capped at ``audit.max_samples``."""
+        cap = self.cfg.audit.max_samples
+        rng = np.random.default_rng(derive_seed(self.cfg.seed, "audit-samples"))
+
+        def capped(ids: np.ndarray) -> np.ndarray:
+            return np.sort(rng.choice(ids, cap, replace=False)) if ids.size > cap else ids
+
+        groups = {
+            "test": capped(self.dataset.test_ids),
+            "forget_train": capped(self.forget.forget_ids.numpy()),
+            "retain_train": capped(self.forget.retain_ids.numpy()),
+        }
+        ids = np.concatenate(list(groups.values()))
+        split = np.concatenate([np.full(g.size, name) for name, g in groups.items()])
+        return ids, split
+
+    def gather(self, server: Server, models: list[str]) -> AuditData:
+        """Ask the parties for every model's embeddings of the audit samples."""
+        ids, split = self.audit_ids()
+        labels = self.dataset.labels[ids]
+        if self.forget.kind == "class":
+            forget = np.isin(labels, self.forget.classes)
+        else:
+            forget = np.isin(ids, self.forget.forget_ids.numpy())
+        views: dict[str, ModelEmbeddings] = {}
+        for name in models:
+            server.load_state(name)
+            embeddings, _ = server.embed(torch.from_numpy(ids))
+            logits = server.logits(embeddings).cpu().numpy()
+            views[name] = ModelEmbeddings(
+                parties={pid: e.cpu().numpy() for pid, e in zip(server.party_ids, embeddings)}, logits=logits
+            )
+        return AuditData(kind=self.forget.kind, labels=labels, split=split, forget=forget, models=views,
+                         meta={"ids": ids})
+
+    def audit(self, data: AuditData) -> dict[str, dict[str, dict[str, Any]]]:
+        """Run the auditors; returns ``{model: {section: result}}``."""
+        a = self.cfg.audit
+        auditors = [
+            get_auditor("output")(),
+            RepresentationAuditor(eval_fraction=a.probe_eval_fraction, C=a.probe_C, seed=derive_seed(self.cfg.seed, "probe")),
+        ]
+        out: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in data.models}
+        for auditor in auditors:
+            for model, result in auditor.audit(data).items():
+                out[model][auditor.section] = result
+        return out
+
+    def save_checkpoints(self, server: Server, models: list[str], folder: Path) -> None:
+        """Each role writes its own part: the server its top model, each party its bottom."""
+        for name in models:
+            target = folder / name
+            target.mkdir(parents=True, exist_ok=True)
+            torch.save(server.states[name], target / "top.pt")
+            for pid in server.party_ids:
+                server.transport.exchange({pid: LocalOp("checkpoint", {"path": str(target / f"{pid}.pt"), "name": name})})
+
+    def report(self, runs: dict[str, dict[str, Any]], results: dict[str, dict[str, Any]], audit_s: float) -> dict[str, Any]:
+        models = {name: {**runs[name], **results[name]} for name in runs}
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "vfl_sim_version": __version__,
+            "name": self.cfg.name,
+            "seed": self.cfg.seed,
+            "runtime": self.cfg.runtime,
+            "dataset": self.dataset.describe(),
+            "parties": [s.describe() for s in self.slices],
+            "forget_request": self.forget.describe(),
+            "audit": {"runtime_s": audit_s, "samples": _audit_counts(self)},
+            "models": models,
+        }
+
+
+def _audit_counts(exp: Experiment) -> dict[str, int]:
+    _, split = exp.audit_ids()
+    return {s: int((split == s).sum()) for s in ("test", "forget_train", "retain_train")}
+
+
+def _embedding_arrays(data: AuditData) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {
+        "ids": np.asarray(data.meta["ids"]), "labels": data.labels, "split": data.split, "forget": data.forget
+    }
+    for name, m in data.models.items():
+        arrays[f"{name}/logits"] = m.logits
+        for pid, e in m.parties.items():
+            arrays[f"{name}/{pid}"] = e
+    return arrays
+
+
+def prepare(cfg: ExperimentConfig) -> Experiment:
+    """Validate and build everything a run needs; raises a :class:`~vfl_sim.errors.VflSimError`
+    on bad input before anything is written."""
+    import_plugins(cfg.plugins)
+    device = resolve_device(cfg.device)
+    dataset = load_dataset(cfg.data, parties=cfg.partition.parties, seed=cfg.seed)
+    slices = partition_features(cfg.partition, dataset.sample_shape, derive_seed(cfg.seed, "partition"))
+    for shape in party_shapes(dataset, slices):
+        build_bottom(cfg.model, shape)  # raises ConfigError when a bottom does not fit its party
+    forget = resolve_forget_request(
+        cfg.forget, train_ids=dataset.train_ids, test_ids=dataset.test_ids, labels=dataset.labels,
+        num_classes=dataset.num_classes, seed=cfg.seed,
+    )
+    methods = [build_method(m.name, m.params, forget.kind) for m in cfg.methods]
+    for auditor in AUDITORS:
+        get_auditor(auditor)
+    return Experiment(cfg, dataset, slices, forget, methods, device)

@@ -1,0 +1,82 @@
+"""Report writers: the versioned ``report.json`` schema and its markdown rendering.
+
+``report.json`` (schema ``SCHEMA_VERSION``) holds, for every model (``original``, each method,
+``retrain`` among them): ``runtime_s``, ``communication``, ``output`` (accuracies as fractions)
+and ``representation`` (``fused`` and ``parties.<id>``, each with ``lpr``, ``lpr_auroc``,
+``lpr_gap``, ``cka_original``, ``cka_retrain``). Later versions add keys; they do not rename
+these. The README documents every key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SCHEMA_VERSION = "1.0"
+
+
+def _fmt(v: Any, pct: bool = False, signed: bool = False) -> str:
+    if v is None:
+        return "-"
+    if pct:
+        return f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}"
+    return f"{v:.3f}"
+
+
+def results_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The summary table (one row per model) shared by ``report.md`` and the CLI."""
+    header = ["model", "time s", "retain test", "forget test", "retain train", "forget train",
+              "LPR", "LPR gap", "CKA orig", "CKA retr"]
+    rows = []
+    for name, m in report["models"].items():
+        o, f = m["output"], m["representation"]["fused"]
+        rows.append([
+            name, f"{m['runtime_s']:.2f}", _fmt(o["retain_test_acc"], True), _fmt(o["forget_test_acc"], True),
+            _fmt(o["retain_train_acc"], True), _fmt(o["forget_train_acc"], True), _fmt(f["lpr"], True),
+            _fmt(f["lpr_gap"], True, True), _fmt(f["cka_original"]), _fmt(f["cka_retrain"]),
+        ])
+    return header, rows
+
+
+def party_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per-party representation table: LPR, gap and CKA of each party's own embedding."""
+    header = ["model", "party", "LPR %", "LPR gap", "AUROC", "CKA orig", "CKA retrain"]
+    rows = []
+    for name, m in report["models"].items():
+        for pid, r in m["representation"]["parties"].items():
+            rows.append([name, pid, _fmt(r["lpr"], True), _fmt(r["lpr_gap"], True, True), _fmt(r["lpr_auroc"]),
+                         _fmt(r["cka_original"]), _fmt(r["cka_retrain"])])
+    return header, rows
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_markdown(report: dict[str, Any]) -> str:
+    """Human-readable summary of a report."""
+    d, f = report["dataset"], report["forget_request"]
+    target = f"classes {f['classes']}" if f["kind"] == "class" else f"{f['forget_train_samples']} training samples"
+    parts = [
+        f"# {report['name']}",
+        "",
+        f"- dataset: **{d['name']}** ({d['train']} train / {d['test']} test, {len(d['classes'])} classes, {d['kind']})",
+        f"- parties: {len(report['parties'])}; runtime: {report['runtime']}; seed: {report['seed']}",
+        f"- forget request: {f['kind']} ({target}); {f['retain_train_samples']} training samples retained",
+        f"- audit: {report['audit']['runtime_s']:.2f}s on {report['audit']['samples']}",
+        "",
+        "## Output and fused representation",
+        "",
+        "LPR: balanced accuracy of a linear probe recovering the forgotten samples from the embeddings; "
+        "the gap to `retrain` is what matters (positive: the model keeps more than a model that never saw the data). "
+        "Accuracies drive output suppression; LPR gap and CKA speak to removal.",
+        "",
+        _table(*results_rows(report)),
+        "",
+        "## Per party",
+        "",
+        _table(*party_rows(report)),
+        "",
+    ]
+    return "\n".join(parts)
