@@ -19,7 +19,7 @@ import torch
 from vfl_sim.config import OptimConfig
 from vfl_sim.models.bottoms import BottomModel
 from vfl_sim.models.state import clone_state, reset_parameters, state_digest
-from vfl_sim.optim import build_optimizer, build_scheduler
+from vfl_sim.optim import CosineSchedule, build_optimizer, build_scheduler, clear_grads
 from vfl_sim.protocol import Ack, Backward, Embed, EmbedReply, LocalOp, Reply, Request
 
 PartyOp = Callable[..., dict[str, Any] | None]
@@ -70,7 +70,7 @@ class Party:
         self.bottom = bottom.to(self.device)
         self.init_seed = init_seed
         self.optimizer: torch.optim.Optimizer | None = None
-        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.scheduler: CosineSchedule | None = None
         self.states: dict[str, dict[str, torch.Tensor]] = {}
         self._pending: torch.Tensor | None = None  # embedding whose graph awaits a Backward
         self.reset_parameters(init_seed)
@@ -94,16 +94,22 @@ class Party:
     def embed(self, request: Embed) -> EmbedReply:
         x = self.features.index_select(0, request.ids.to(self.device))
         if request.train:
-            self.bottom.train()
+            self._set_mode(True)
             out = self.bottom(x)
             self._pending = out
             return EmbedReply(out.detach())
-        self.bottom.eval()
+        self._set_mode(False)
         with torch.no_grad():
             if request.layers:
                 out, layers = self.bottom.forward_layers(x)
                 return EmbedReply(out, layers)
             return EmbedReply(self.bottom(x))
+
+    def _set_mode(self, train: bool) -> None:
+        # Module.train() walks every submodule; on small models that walk costs as much as the
+        # forward pass, so switch only when the mode changes.
+        if self.bottom.training != train:
+            self.bottom.train(train)
 
     def backward(self, grad: torch.Tensor, *, step: bool = True) -> None:
         if self._pending is None:
@@ -116,7 +122,7 @@ class Party:
             self.optimizer.step()
             if self.scheduler is not None:
                 self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            clear_grads(self.optimizer)
 
     # -- state ---------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from vfl_sim.config import OptimConfig
 from vfl_sim.models.state import clone_state, reset_parameters, state_digest
 from vfl_sim.models.top import TopModel, fuse
-from vfl_sim.optim import build_optimizer, build_scheduler
+from vfl_sim.optim import CosineSchedule, build_optimizer, build_scheduler, clear_grads
 from vfl_sim.protocol import Backward, Embed, EmbedReply, LocalOp, Reply
 from vfl_sim.transport import Transport
 
@@ -74,7 +74,7 @@ class Server:
         self.party_ids = list(transport.party_ids)
         self.states: dict[str, dict[str, torch.Tensor]] = {}
         self.optimizer: torch.optim.Optimizer | None = None
-        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.scheduler: CosineSchedule | None = None
 
     # -- parties -------------------------------------------------------------------------------
 
@@ -142,14 +142,14 @@ class Server:
         update_top: bool = True, on_step: StepCallback | None = None,
     ) -> None:
         """One pass over ``batches`` with the optimizers set by :meth:`configure`."""
-        self.top.train()
+        self.top.train()  # once per epoch; parties switch their own mode per request
         replies = self.transport.broadcast(Embed(batches[0], train=update_parties))
         for t, batch in enumerate(batches):
             leaves = [e.requires_grad_(update_parties) for e in self._embeddings(replies)]
             logits = self.top(fuse(leaves, self.fusion))
             loss = loss_fn(logits, self.labels[batch.to(self.device)], batch)
             if self.optimizer is not None:
-                self.optimizer.zero_grad(set_to_none=True)
+                clear_grads(self.optimizer)
             loss.backward()
             if self.optimizer is not None:
                 self.optimizer.step()

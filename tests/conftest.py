@@ -1,0 +1,33 @@
+"""Shared fixtures: small experiments that build in well under a second."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from vfl_sim.config import ExperimentConfig, config_from_dict
+from vfl_sim.experiment import Experiment, prepare
+
+torch.set_num_threads(1)
+
+
+def small_config(**sections: Any) -> ExperimentConfig:
+    raw: dict[str, Any] = {"train": {"epochs": 2, "batch_size": 64}, "methods": ["retrain", "finetune", "neggrad"]}
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return config_from_dict(raw)
+
+
+@pytest.fixture
+def digits_experiment() -> Experiment:
+    return prepare(small_config())
+
+
+@pytest.fixture
+def synthetic_experiment() -> Experiment:
+    return prepare(small_config(
+        data={"name": "synthetic", "synthetic": {"samples": 400, "features": 12, "classes": 3, "informative_per_party": 2}},
+        partition={"parties": 3},
+    ))

@@ -1,0 +1,130 @@
+"""The coordinator and the first methods: copies of the original, data access, the registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from server.coordinator import ORIGINAL, UnlearningCoordinator
+from server.methods import MethodParams, UnlearningContext, UnlearningMethod, build_method, register_method
+from server.methods.registry import _METHODS
+from vfl_sim.errors import ConfigError, RegistryError
+from vfl_sim.experiment import Experiment
+from vfl_sim.protocol import Backward, Embed
+
+
+def _trained(exp: Experiment):
+    server = exp.build_server()
+    server.train_epochs(torch.from_numpy(exp.dataset.train_ids), epochs=1, batch_size=64, optim=exp.cfg.train,
+                        generator=torch.Generator().manual_seed(0))
+    server.save_state(ORIGINAL)
+    return server, UnlearningCoordinator(server, exp.forget, exp.cfg.train, seed=0, top_seed=exp.top_seed)
+
+
+def _record_ids(server) -> list[torch.Tensor]:
+    """Every sample id any party is asked to embed, for training or otherwise."""
+    seen: list[torch.Tensor] = []
+    for party in server.transport._parties.values():
+        original = party.handle
+
+        def spy(request, _orig=original):
+            embed = request.then if isinstance(request, Backward) else request
+            if isinstance(embed, Embed):
+                seen.append(embed.ids.clone())
+            return _orig(request)
+
+        party.handle = spy
+    return seen
+
+
+@pytest.mark.parametrize("fixture", ["digits_experiment", "synthetic_experiment"])
+def test_retrain_never_touches_forget_data(fixture: str, request: pytest.FixtureRequest) -> None:
+    exp: Experiment = request.getfixturevalue(fixture)
+    server, coordinator = _trained(exp)
+    seen = _record_ids(server)
+    coordinator.run(build_method("retrain", {"epochs": 1}, exp.forget.kind))
+    asked = torch.cat(seen)
+    assert asked.numel() >= exp.forget.retain_ids.numel()
+    assert not torch.isin(asked, exp.forget.forget_ids).any()
+    assert set(asked.tolist()) == set(exp.forget.retain_ids.tolist())
+
+
+def test_neggrad_trains_on_forget_data_only(digits_experiment: Experiment) -> None:
+    server, coordinator = _trained(digits_experiment)
+    seen = _record_ids(server)
+    coordinator.run(build_method("neggrad", {}, "class"))
+    assert set(torch.cat(seen).tolist()) == set(digits_experiment.forget.forget_ids.tolist())
+
+
+@pytest.mark.parametrize("name", ["retrain", "finetune", "neggrad"])
+def test_methods_never_mutate_the_original(digits_experiment: Experiment, name: str) -> None:
+    server, coordinator = _trained(digits_experiment)
+    before = server.digests(ORIGINAL)
+    run = coordinator.run(build_method(name, {"epochs": 1}, "class"))
+    assert server.digests(ORIGINAL) == before
+    assert server.digests(name) != before  # the method did change its own copy
+    assert run.runtime_s > 0 and run.comm.total_bytes > 0
+
+
+def test_retrain_equals_training_from_scratch(digits_experiment: Experiment) -> None:
+    """Retrain is exactly the original recipe on the retained ids, from the original init."""
+    exp = digits_experiment
+    server, coordinator = _trained(exp)
+    method = build_method("retrain", {"epochs": 1}, "class")
+    ctx = coordinator.context(method)
+    coordinator.run(method, ctx)
+    retrained = server.digests("retrain")
+
+    fresh = exp.build_server()
+    torch.manual_seed(ctx.seed)
+    fresh.train_epochs(exp.forget.retain_ids, epochs=1, batch_size=exp.cfg.train.batch_size, optim=exp.cfg.train,
+                       generator=torch.Generator().manual_seed(ctx.seed))
+    assert fresh.digests() == retrained
+
+
+def test_neggrad_drives_forget_accuracy_down(digits_experiment: Experiment) -> None:
+    server, coordinator = _trained(digits_experiment)
+    forget = digits_experiment.forget.forget_ids
+    before = (server.predict(forget) == server.labels[forget]).float().mean()
+    coordinator.run(build_method("neggrad", {"epochs": 3, "lr": 0.01}, "class"))
+    after = (server.predict(forget) == server.labels[forget]).float().mean()
+    assert before > 0.5 and after < before / 2
+
+
+def test_user_method_registers_and_runs(digits_experiment: Experiment) -> None:
+    class ScaleParams(MethodParams):
+        factor: float = 0.5
+
+    @register_method("test_scale_top")
+    class ScaleTop(UnlearningMethod):
+        """Multiplies the top model's weights (a classifier-only edit)."""
+
+        Params = ScaleParams
+        supports = frozenset({"class"})
+
+        def unlearn(self, ctx: UnlearningContext) -> None:
+            with torch.no_grad():
+                for p in ctx.server.top.parameters():
+                    p.mul_(self.params.factor)
+
+    try:
+        server, coordinator = _trained(digits_experiment)
+        coordinator.run(build_method("test_scale_top", {"factor": 0.0}, "class"))
+        server.load_state("test_scale_top")
+        assert all((p == 0).all() for p in server.top.parameters())
+        with pytest.raises(ConfigError, match="does not support forget requests of kind 'samples'"):
+            build_method("test_scale_top", {}, "samples")
+        with pytest.raises(ConfigError, match=r"methods.test_scale_top.params.bogus: unknown parameter; allowed: factor"):
+            build_method("test_scale_top", {"bogus": 1}, "class")
+    finally:
+        _METHODS.pop("test_scale_top", None)
+
+
+def test_unknown_method_lists_available() -> None:
+    with pytest.raises(RegistryError, match="unknown unlearning method 'nope'; available: finetune, neggrad, retrain"):
+        build_method("nope", {}, "class")
+
+
+def test_bad_method_params() -> None:
+    with pytest.raises(ConfigError, match=r"methods.finetune.params.lr"):
+        build_method("finetune", {"lr": -1}, "class")
