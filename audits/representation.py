@@ -4,8 +4,10 @@ For every model, on the fused embedding and on each party's own embedding:
 
 - ``lpr``, ``lpr_auroc``: linear probe recovery (Mirage, arXiv 2605.20282) of "sample is
   forgotten" from the embeddings (see :mod:`audits.probe`). For class requests the probe runs on
-  test samples (forgotten class vs the rest); for sample requests on training samples
-  (forgotten vs retained), which measures membership rather than class structure.
+  test samples (forgotten class vs the rest); for sample requests on training samples: every
+  forgotten sample against as many retained ones, drawn with the seed, so that a probe that
+  always answers "retained" scores 0.5 rather than hiding in the imbalance. That measures
+  membership rather than class structure (about 0.5 is expected for random removal).
 - ``lpr_gap``: ``lpr(model) - lpr(retrain)`` on the same samples and split. Absolute LPR is
   not informative on its own (a retrained model may still separate a class it never saw);
   the gap to the model that never saw the data is.
@@ -29,11 +31,17 @@ from audits.probe import probe_many
 ORIGINAL, RETRAIN = "original", "retrain"
 
 
-def probe_samples(data: AuditData) -> np.ndarray:
-    """Which audit samples the probes and CKA use for this request kind."""
+def probe_samples(data: AuditData, seed: int = 0) -> np.ndarray:
+    """Which audit samples the probes and CKA use for this request kind (a boolean mask)."""
     if data.kind == "class":
         return data.mask("test")
-    return data.mask("forget_train") | data.mask("retain_train")
+    forget = data.mask("forget_train")
+    retain = np.flatnonzero(data.mask("retain_train"))
+    n = min(int(forget.sum()), retain.size)
+    chosen = np.random.default_rng(seed).choice(retain, n, replace=False)
+    rows = forget.copy()
+    rows[chosen] = True
+    return rows
 
 
 @register_auditor("representation")
@@ -52,7 +60,7 @@ class RepresentationAuditor(Auditor):
         self.seed = seed
 
     def audit(self, data: AuditData) -> dict[str, dict[str, Any]]:
-        rows = probe_samples(data)
+        rows = probe_samples(data, self.seed)
         is_forget = data.forget[rows]
         names = list(data.models)
         views: dict[str, dict[str, np.ndarray]] = {

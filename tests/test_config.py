@@ -187,11 +187,6 @@ def test_unknown_doubly_nested_key_via_override() -> None:
     assert "samples" in msg.split("allowed: ", 1)[1].split(", ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _allowed_keys (vfl_sim/config.py) does not unwrap list[MethodSpec], so an unknown key "
-    "in a methods entry reports an empty 'allowed:' list",
-)
 def test_unknown_key_in_method_entry_lists_allowed_keys() -> None:
     msg = _error({"methods": [{"name": "retrain", "parmas": {}}]})
     assert "'parmas'" in msg

@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+from rich.text import Text
 
 from vfl_sim import __version__
 from vfl_sim.errors import VflSimError
@@ -95,7 +96,8 @@ def _run(cfg: Any, out: Path | None, overwrite: bool, quiet: bool) -> int:
     exp = prepare(cfg)
     out = out or _default_out(cfg.name)
     report = exp.run(out, progress=ProgressReporter(enabled=not quiet, console=console), overwrite=overwrite)
-    print_results(report, Console())
+    # The table needs ~110 columns; rich assumes 80 when stdout is not a terminal.
+    print_results(report, Console(width=max(Console().width, 112)))
     if not quiet:
         console.print(f"run folder: {out} (report.json, report.md, config.yaml, checkpoints/)")
     return 0
@@ -141,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name:<16} supports {','.join(sorted(cls.supports)):<16} {params}")
             return 0
     except VflSimError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
         return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
         err.print("interrupted; no run folder was written")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -66,7 +66,7 @@ class PartitionConfig(_Section):
 
     parties: Annotated[int, Field(ge=1)] = 2
     scheme: Literal["auto", "strips", "contiguous", "random", "columns"] = "auto"
-    columns: list[list[int]] | None = None
+    columns: list[list[Annotated[int, Field(ge=0)]]] | None = None
 
     @model_validator(mode="after")
     def _columns_match_scheme(self) -> PartitionConfig:
@@ -225,8 +225,19 @@ def _allowed_keys(loc: Iterable[Any]) -> list[str]:
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return []
-        model = field.annotation
+        model = _model_in(field.annotation)
     return sorted(getattr(model, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model inside an annotation such as ``list[MethodSpec]`` or ``X | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _parse_scalar(text: str) -> Any:

@@ -24,7 +24,8 @@ import torch
 
 import server.methods  # noqa: F401  (registers the built-in methods)
 from audits.base import AuditData, ModelEmbeddings, get_auditor
-from audits.representation import RepresentationAuditor
+from audits.probe import stratified_split
+from audits.representation import RepresentationAuditor, probe_samples
 from server.coordinator import ORIGINAL, UnlearningCoordinator, resolve_forget_request
 from server.methods.base import ForgetSet, UnlearningMethod
 from server.methods.registry import build_method
@@ -177,14 +178,33 @@ class Experiment:
         split = np.concatenate([np.full(g.size, name) for name, g in groups.items()])
         return ids, split
 
-    def gather(self, server: Server, models: list[str]) -> AuditData:
-        """Ask the parties for every model's embeddings of the audit samples."""
+    def audit_frame(self) -> AuditData:
+        """The audit samples, their labels and forget mask, with no model views yet."""
         ids, split = self.audit_ids()
         labels = self.dataset.labels[ids]
         if self.forget.kind == "class":
             forget = np.isin(labels, self.forget.classes)
         else:
             forget = np.isin(ids, self.forget.forget_ids.numpy())
+        return AuditData(kind=self.forget.kind, labels=labels, split=split, forget=forget, models={}, meta={"ids": ids})
+
+    def check_audit(self) -> None:
+        """Fail before training when the audit samples cannot support a linear probe."""
+        frame = self.audit_frame()
+        rows = probe_samples(frame, 0)
+        try:
+            stratified_split(frame.forget[rows], eval_fraction=self.cfg.audit.probe_eval_fraction)
+        except ValueError as exc:
+            where = "test samples of the forgotten classes" if self.forget.kind == "class" else "forgotten samples"
+            raise ConfigError(
+                f"audit: too few {where} for the probe ({exc}); use more data (data.test_fraction, "
+                "data.synthetic.samples) or a larger forget request"
+            ) from None
+
+    def gather(self, server: Server, models: list[str]) -> AuditData:
+        """Ask the parties for every model's embeddings of the audit samples."""
+        frame = self.audit_frame()
+        ids = frame.meta["ids"]
         views: dict[str, ModelEmbeddings] = {}
         for name in models:
             server.load_state(name)
@@ -193,8 +213,8 @@ class Experiment:
             views[name] = ModelEmbeddings(
                 parties={pid: e.cpu().numpy() for pid, e in zip(server.party_ids, embeddings)}, logits=logits
             )
-        return AuditData(kind=self.forget.kind, labels=labels, split=split, forget=forget, models=views,
-                         meta={"ids": ids})
+        return AuditData(kind=frame.kind, labels=frame.labels, split=frame.split, forget=frame.forget, models=views,
+                         meta=frame.meta)
 
     def audit(self, data: AuditData) -> dict[str, dict[str, dict[str, Any]]]:
         """Run the auditors; returns ``{model: {section: result}}``."""
@@ -266,4 +286,6 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
     methods = [build_method(m.name, m.params, forget.kind) for m in cfg.methods]
     for auditor in AUDITORS:
         get_auditor(auditor)
-    return Experiment(cfg, dataset, slices, forget, methods, device)
+    exp = Experiment(cfg, dataset, slices, forget, methods, device)
+    exp.check_audit()
+    return exp

@@ -100,6 +100,9 @@ def partition_features(
                 raise ConfigError(
                     f"partition.columns for {pid} has column {bad[0]} but the data has {n_flat} columns (0..{n_flat - 1})"
                 )
+            if len(set(group)) != len(group):
+                dup = next(c for c in group if group.count(c) > 1)
+                raise ConfigError(f"partition.columns for {pid} lists column {dup} more than once")
             overlap = seen.intersection(group)
             if overlap:
                 raise ConfigError(f"partition.columns: column {min(overlap)} is given to more than one party")

@@ -1,0 +1,285 @@
+"""Tests of the vfl-sim command line: validate, run, methods, and input errors (exit code 2)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vfl_sim.cli import EXIT_INPUT_ERROR, main
+from vfl_sim.config import load_config
+from vfl_sim.report import SCHEMA_VERSION
+
+TINY = """\
+name: tiny
+seed: 3
+threads: 1
+data:
+  name: synthetic
+  synthetic: {samples: 300, features: 8, classes: 3, informative_per_party: 3}
+model:
+  embedding_dim: 8
+  bottom_hidden: [16]
+  top_hidden: [16]
+train: {epochs: 2, batch_size: 64}
+forget: {kind: class, classes: [1]}
+audit: {max_samples: 200}
+"""
+RUN_SETS = ["--set", "train.epochs=1", "--set", "methods=[retrain,finetune,neggrad]"]
+METHODS = ["retrain", "finetune", "neggrad"]
+MODELS = ["original", *METHODS]
+OUTPUT_KEYS = ("retain_test_acc", "forget_test_acc", "retain_train_acc", "forget_train_acc")
+REPR_KEYS = ("lpr", "lpr_auroc", "lpr_gap", "cka_original", "cka_retrain")
+
+
+def _cli() -> list[str]:
+    script = Path(sys.executable).parent / "vfl-sim"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "vfl_sim.cli"]
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one error line on stderr, got {err!r}"
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]
+
+
+def _strip_runtimes(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_runtimes(v) for k, v in value.items() if k != "runtime_s"}
+    if isinstance(value, list):
+        return [_strip_runtimes(v) for v in value]
+    return value
+
+
+def _in_unit(x: float) -> bool:
+    return isinstance(x, float | int) and not math.isnan(x) and -1e-6 <= x <= 1 + 1e-6
+
+
+# ------------------------------------------------------------------------------------------
+# validate and methods
+
+
+def test_validate_ok(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(tiny)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("ok: synthetic, 2 parties, forget class (")
+    assert "methods: retrain, finetune, neggrad" in out
+    assert err == ""
+
+
+def test_validate_with_override(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(tiny), "--set", "partition.parties=1", "--set", "methods=[neggrad]"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok: synthetic, 1 parties,")
+    assert out.rstrip().endswith("methods: neggrad")
+
+
+def test_validate_bad_config(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", str(tiny), "--set", "train.lr=-1"]) == EXIT_INPUT_ERROR
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert _one_error_line(err) == "error: train.lr: Input should be greater than 0 (got -1)"
+
+
+def test_validate_unknown_key_lists_allowed(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(tiny), "--set", "train.epoch=1"]) == EXIT_INPUT_ERROR
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: unknown field 'epoch' in train; allowed: ")
+    assert "epochs" in line and "batch_size" in line
+
+
+def test_validate_partition_error(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(tiny), "--set", "partition.parties=9"]) == EXIT_INPUT_ERROR
+    line = _one_error_line(capsys.readouterr().err)
+    assert "partition.parties is 9" in line
+
+
+def test_validate_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.yaml"
+    assert main(["validate", str(missing)]) == EXIT_INPUT_ERROR
+    assert _one_error_line(capsys.readouterr().err) == f"error: config file not found: {missing}"
+
+
+def test_error_text_is_not_markup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "[red]" / "c.yaml"
+    assert main(["validate", str(missing)]) == EXIT_INPUT_ERROR
+    assert _one_error_line(capsys.readouterr().err) == f"error: config file not found: {missing}"
+
+
+def test_error_with_closing_tag_exits_2(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(tiny), "--set", 'plugins=["no[/]such"]']) == EXIT_INPUT_ERROR
+    assert "no[/]such" in _one_error_line(capsys.readouterr().err)
+
+
+def test_unknown_method_lists_available(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run-unknown"
+    assert main(["run", str(tiny), "--out", str(out), "--quiet", "--set", "methods=[retrain,forgetti]"]) == EXIT_INPUT_ERROR
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: unknown unlearning method 'forgetti'; available: ")
+    available = line.split("available: ", 1)[1]
+    for name in METHODS:
+        assert name in available
+    assert not out.exists()
+
+
+def test_bad_method_param(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(tiny), "--set", "methods=[{name: neggrad, params: {lr: -1}}]"]) == EXIT_INPUT_ERROR
+    assert _one_error_line(capsys.readouterr().err).startswith("error: methods.neggrad.params.lr: ")
+
+
+def test_methods_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split()[0] for line in lines if line.strip()]
+    for name in METHODS:
+        assert name in names
+    finetune = next(line for line in lines if line.startswith("finetune"))
+    assert "epochs=5" in finetune and "lr=0.01" in finetune
+
+
+# ------------------------------------------------------------------------------------------
+# run
+
+
+def test_run_bad_config_writes_nothing(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    out = tmp_path / "never"
+    assert main(["run", str(tiny), "--quiet", "--out", str(out), "--set", "data.name=foo"]) == EXIT_INPUT_ERROR
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: data.name: ") and "'digits'" in line and "(got 'foo')" in line
+    assert not out.exists()
+    # nor a default run folder, nor a partial one
+    assert main(["run", str(tiny), "--quiet", "--set", "forget.classes=[7]"]) == EXIT_INPUT_ERROR
+    assert "classes are 0..2" in _one_error_line(capsys.readouterr().err)
+    assert list(work.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "tiny.yaml"]
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli-run")
+    cfg = root / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = root / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--quiet", *RUN_SETS]) == 0
+    return out
+
+
+def test_run_writes_folder(run_folder: Path) -> None:
+    for name in ("report.json", "report.md", "config.yaml"):
+        assert (run_folder / name).is_file(), name
+    assert not [p for p in run_folder.parent.iterdir() if ".partial-" in p.name]
+    md = (run_folder / "report.md").read_text()
+    assert md.startswith("# tiny")
+    for name in MODELS:
+        assert f"| {name} |" in md
+
+
+def test_run_config_yaml_is_the_resolved_config(run_folder: Path) -> None:
+    saved = load_config(run_folder / "config.yaml")
+    expected = load_config(run_folder.parent / "tiny.yaml", RUN_SETS[1::2])
+    assert saved == expected
+    assert saved.train.epochs == 1
+    assert [m.name for m in saved.methods] == METHODS
+
+
+def test_run_report_schema(run_folder: Path) -> None:
+    report = json.loads((run_folder / "report.json").read_text())
+    assert report["schema_version"] == SCHEMA_VERSION
+    assert report["name"] == "tiny" and report["seed"] == 3
+    assert report["dataset"]["name"] == "synthetic" and report["dataset"]["samples"] == 300
+    assert [p["party"] for p in report["parties"]] == ["party_0", "party_1"]
+    assert report["forget_request"]["kind"] == "class" and report["forget_request"]["classes"] == [1]
+    assert report["forget_request"]["forget_train_samples"] == 80  # 100 of class 1, 20 held out
+    assert list(report["models"]) == MODELS
+    for name in MODELS:
+        m = report["models"][name]
+        assert isinstance(m["runtime_s"], float) and m["runtime_s"] >= 0, name
+        for key in OUTPUT_KEYS:
+            assert _in_unit(m["output"][key]), (name, key, m["output"][key])
+        rep = m["representation"]
+        for section in (rep["fused"], rep["parties"]["party_0"], rep["parties"]["party_1"]):
+            for key in REPR_KEYS:
+                assert key in section, (name, key)
+                if key == "lpr_gap":
+                    assert isinstance(section[key], float) and -1 <= section[key] <= 1
+                else:
+                    assert _in_unit(section[key]), (name, key, section[key])
+    models = report["models"]
+    assert models["original"]["representation"]["fused"]["cka_original"] == pytest.approx(1.0)
+    assert models["retrain"]["representation"]["fused"]["cka_retrain"] == pytest.approx(1.0)
+    assert models["retrain"]["representation"]["fused"]["lpr_gap"] == pytest.approx(0.0)
+    # retraining never saw class 1, so it cannot predict it
+    assert models["retrain"]["output"]["forget_train_acc"] == 0.0
+    assert models["retrain"]["output"]["forget_test_acc"] == 0.0
+
+
+def test_run_is_reproducible_across_processes(run_folder: Path) -> None:
+    root = run_folder.parent
+    out = root / "run-again"
+    env = {**os.environ, "PYTHONHASHSEED": "123"}  # a different hash salt must not matter
+    proc = subprocess.run(
+        [*_cli(), "run", str(root / "tiny.yaml"), "--out", str(out), "--quiet", *RUN_SETS],
+        cwd=root, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "original" in proc.stdout  # the results table
+    first = json.loads((run_folder / "report.json").read_text())
+    second = json.loads((out / "report.json").read_text())
+    assert _strip_runtimes(second) == _strip_runtimes(first)
+    assert (out / "config.yaml").read_text() == (run_folder / "config.yaml").read_text()
+
+
+def test_run_into_non_empty_folder(run_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = run_folder.parent
+    before = {p.relative_to(run_folder): p.stat().st_mtime_ns for p in run_folder.rglob("*")}
+    report = (run_folder / "report.json").read_bytes()
+    code = main(["run", str(root / "tiny.yaml"), "--out", str(run_folder), "--quiet", *RUN_SETS])
+    assert code == EXIT_INPUT_ERROR
+    line = _one_error_line(capsys.readouterr().err)
+    assert str(run_folder) in line and "--overwrite" in line
+    after = {p.relative_to(run_folder): p.stat().st_mtime_ns for p in run_folder.rglob("*")}
+    assert after == before
+    assert (run_folder / "report.json").read_bytes() == report
+    assert not [p for p in root.iterdir() if ".partial-" in p.name]
+
+
+def test_run_overwrite_replaces_folder(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    sets = ["--set", "train.epochs=1", "--set", "methods=[neggrad]"]
+    assert main(["run", str(tiny), "--out", str(out), "--quiet", "--overwrite", *sets]) == 0
+    assert not (out / "stale.txt").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["models"]) == ["original", "neggrad"]
+
+
+def test_tiny_dataset_fails_cleanly_or_runs(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "small"
+    sets = ["--set", "train.epochs=1", "--set", "methods=[neggrad]", "--set", "data.synthetic.samples=60"]
+    code = main(["run", str(tiny), "--out", str(out), "--quiet", *sets])
+    if code == EXIT_INPUT_ERROR:
+        _one_error_line(capsys.readouterr().err)
+        assert not out.exists()
+    else:
+        assert code == 0 and (out / "report.json").is_file()
