@@ -283,3 +283,36 @@ def test_tiny_dataset_fails_cleanly_or_runs(tiny: Path, tmp_path: Path, capsys: 
         assert not out.exists()
     else:
         assert code == 0 and (out / "report.json").is_file()
+
+
+def test_readme_plugin_method_runs_from_yaml(tmp_path, monkeypatch) -> None:
+    """The README's extension example: a user module listed under plugins adds a method."""
+    from server.methods.registry import _METHODS
+
+    (tmp_path / "mymethods_readme.py").write_text(
+        "import torch.nn.functional as F\n"
+        "from server.methods import PhaseParams, UnlearningContext, UnlearningMethod, register_method\n\n"
+        "class LabelFlipParams(PhaseParams):\n    epochs: int = 3\n\n"
+        "@register_method('label_flip')\n"
+        "class LabelFlip(UnlearningMethod):\n"
+        "    Params = LabelFlipParams\n    supports = frozenset({'class'})\n\n"
+        "    def unlearn(self, ctx: UnlearningContext) -> None:\n"
+        "        def loss(logits, labels, ids):\n"
+        "            return F.cross_entropy(logits, (labels + 1) % logits.shape[1])\n"
+        "        ctx.phase(self.params, ctx.forget.forget_ids, loss_fn=loss)\n"
+    )
+    (tmp_path / "cfg.yaml").write_text(
+        "plugins: [mymethods_readme]\n"
+        "data: {name: synthetic, synthetic: {samples: 300, features: 8, classes: 3, informative_per_party: 2}}\n"
+        "train: {epochs: 1}\n"
+        "methods: [retrain, {name: label_flip, params: {epochs: 2}}]\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert main(["run", "cfg.yaml", "--out", "run", "--quiet"]) == 0
+        report = json.loads((tmp_path / "run" / "report.json").read_text())
+        assert set(report["models"]) == {"original", "retrain", "label_flip"}
+        assert report["models"]["label_flip"]["output"]["forget_train_acc"] < 0.5
+    finally:
+        _METHODS.pop("label_flip", None)
+        sys.modules.pop("mymethods_readme", None)

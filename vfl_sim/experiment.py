@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -49,7 +50,13 @@ AUDITORS = ("output", "representation")
 
 
 def import_plugins(modules: list[str]) -> None:
-    """Import user modules so their ``@register_method`` / ``@register_auditor`` run."""
+    """Import user modules so their ``@register_method`` / ``@register_auditor`` run.
+
+    The working directory is importable, as it is for ``python -m``, so a plugin module next
+    to the config is found when ``vfl-sim`` is run from there.
+    """
+    if modules and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     for name in modules:
         try:
             importlib.import_module(name)
