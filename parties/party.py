@@ -19,7 +19,7 @@ import torch
 from vfl_sim.config import OptimConfig
 from vfl_sim.models.bottoms import BottomModel
 from vfl_sim.models.state import clone_state, reset_parameters, state_digest
-from vfl_sim.optim import CosineSchedule, build_optimizer, build_scheduler, clear_grads
+from vfl_sim.optim import CosineSchedule, Optimizer, build_optimizer, build_scheduler, clear_grads
 from vfl_sim.protocol import Ack, Backward, Embed, EmbedReply, LocalOp, Reply, Request
 
 PartyOp = Callable[..., dict[str, Any] | None]
@@ -69,7 +69,7 @@ class Party:
         self.features = features.to(self.device)
         self.bottom = bottom.to(self.device)
         self.init_seed = init_seed
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizer: Optimizer | None = None
         self.scheduler: CosineSchedule | None = None
         self.states: dict[str, dict[str, torch.Tensor]] = {}
         self._pending: torch.Tensor | None = None  # embedding whose graph awaits a Backward

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from vfl_sim.config import OptimConfig
 from vfl_sim.models.state import clone_state, reset_parameters, state_digest
 from vfl_sim.models.top import TopModel, fuse
-from vfl_sim.optim import CosineSchedule, build_optimizer, build_scheduler, clear_grads
+from vfl_sim.optim import CosineSchedule, Optimizer, build_optimizer, build_scheduler, clear_grads
 from vfl_sim.protocol import Backward, Embed, EmbedReply, LocalOp, Reply
 from vfl_sim.transport import Transport
 
@@ -73,7 +73,7 @@ class Server:
         self.fusion = fusion
         self.party_ids = list(transport.party_ids)
         self.states: dict[str, dict[str, torch.Tensor]] = {}
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizer: Optimizer | None = None
         self.scheduler: CosineSchedule | None = None
 
     # -- parties -------------------------------------------------------------------------------
