@@ -5,10 +5,22 @@ on saved embeddings, or on arrays from elsewhere. Metrics come as functions and 
 with an ``update``/``compute``/``reset`` life cycle.
 """
 
-from audits.base import AuditData, Auditor, ModelEmbeddings, available_auditors, get_auditor, register_auditor
+from audits.base import (
+    AuditData,
+    Auditor,
+    ModelEmbeddings,
+    available_auditors,
+    get_auditor,
+    register_auditor,
+)
 from audits.cka import LinearCKA, linear_cka
 from audits.output import OutputAuditor, accuracy, output_metrics
-from audits.probe import LinearProbeRecovery, ProbeResult, linear_probe_recovery, probe_many
+from audits.probe import (
+    LinearProbeRecovery,
+    ProbeResult,
+    linear_probe_recovery,
+    probe_many,
+)
 from audits.representation import RepresentationAuditor
 
 __all__ = [

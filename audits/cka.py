@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from audits._arrays import feature_matrix
+
 __all__ = ["linear_cka", "LinearCKA"]
 
 # A feature whose centered sum of squares is this small a fraction of its raw sum of
@@ -39,32 +41,8 @@ __all__ = ["linear_cka", "LinearCKA"]
 _DEGENERATE_RTOL = 64 * np.finfo(np.float64).eps
 
 
-def _to_numpy(a: Any) -> np.ndarray:
-    """Array view of ``a``; torch tensors are detached and moved to the CPU first."""
-    if hasattr(a, "detach"):
-        a = a.detach().cpu()
-        # numpy has no bfloat16, so low-precision tensors would fail in np.asarray.
-        if getattr(a, "is_floating_point", lambda: False)():
-            a = a.double()
-    return np.asarray(a)
-
-
 def _as_matrix(a: Any, name: str) -> np.ndarray:
-    """``a`` as a finite float64 (n, d) array, or a ValueError."""
-    m = _to_numpy(a)
-    if m.ndim != 2:
-        raise ValueError(
-            f"{name} must be 2-D (n_samples, n_features), got shape {m.shape}; "
-            "reshape a single feature with .reshape(-1, 1)"
-        )
-    if m.shape[1] == 0:
-        raise ValueError(f"{name} has no features (shape {m.shape})")
-    m = np.asarray(m, dtype=np.float64)
-    # A diverged model can emit NaN/inf, which would poison every Gram entry; zero is what a
-    # dead unit emits, so the similarity of the remaining features is still reported.
-    if not np.all(np.isfinite(m)):
-        m = np.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
-    return m
+    return feature_matrix(a, name)
 
 
 def _check_pair(x: np.ndarray, y: np.ndarray) -> None:
@@ -72,9 +50,7 @@ def _check_pair(x: np.ndarray, y: np.ndarray) -> None:
         raise ValueError(f"x and y must have the same number of rows (samples), got {x.shape[0]} and {y.shape[0]}")
 
 
-def _cka_from_grams(
-    sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray, raw_x: np.ndarray, raw_y: np.ndarray
-) -> float:
+def _cka_from_grams(sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray, raw_x: np.ndarray, raw_y: np.ndarray) -> float:
     """CKA from (centered or not) feature Grams ``X^T X``, ``Y^T Y``, ``X^T Y``.
 
     ``raw_x`` and ``raw_y`` are the per-feature uncentered sums of squares, the scale

@@ -41,6 +41,8 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
+from audits._arrays import feature_matrix, to_numpy
+
 __all__ = [
     "ProbeResult",
     "linear_probe_recovery",
@@ -85,19 +87,9 @@ class ProbeResult:
         }
 
 
-def _to_numpy(a: Any) -> np.ndarray:
-    """Array view of ``a``; torch tensors are detached and moved to the CPU first."""
-    if hasattr(a, "detach"):
-        a = a.detach().cpu()
-        # numpy has no bfloat16, so low-precision tensors would fail in np.asarray.
-        if getattr(a, "is_floating_point", lambda: False)():
-            a = a.double()
-    return np.asarray(a)
-
-
 def _check_labels(is_forget: Any) -> np.ndarray:
     """``is_forget`` as a 1-D int array of 0/1, or a ValueError saying what is wrong."""
-    y = _to_numpy(is_forget)
+    y = to_numpy(is_forget)
     if y.ndim != 1:
         raise ValueError(f"is_forget must be 1-D (n_samples,), got shape {y.shape}")
     if y.dtype != bool and not (y.dtype.kind in "iuf" and np.all(np.isin(y, (0, 1)))):
@@ -107,21 +99,7 @@ def _check_labels(is_forget: Any) -> np.ndarray:
 
 def _check_embeddings(embeddings: Any, n: int, *, name: str = "embeddings") -> np.ndarray:
     """Embeddings as a finite float64 (n, d) array, or a ValueError."""
-    x = _to_numpy(embeddings)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {x.shape}")
-    if x.shape[0] != n:
-        raise ValueError(f"{name} has {x.shape[0]} rows but is_forget has {n} labels")
-    if x.shape[1] == 0:
-        raise ValueError(f"{name} has no features (shape {x.shape})")
-    x = np.asarray(x, dtype=np.float64)
-    # A diverged or aggressively unlearned model can emit NaN/inf; scikit-learn refuses
-    # those outright. Zero is what a dead unit emits, so the probe still gets a score rather
-    # than crashing the audit. A NaN pattern that itself tracks the forget class is still
-    # visible to the probe through the other features' values, which is genuine leakage.
-    if not np.all(np.isfinite(x)):
-        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    return x
+    return feature_matrix(embeddings, name, n)
 
 
 def _split_error(y: np.ndarray, eval_fraction: float, detail: str) -> ValueError:
@@ -134,9 +112,7 @@ def _split_error(y: np.ndarray, eval_fraction: float, detail: str) -> ValueError
     )
 
 
-def stratified_split(
-    is_forget: Any, *, eval_fraction: float = 0.3, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(is_forget: Any, *, eval_fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Seeded stratified split of sample indices into a fit part and an eval part.
 
     The eval part holds ``ceil(eval_fraction * n)`` samples, and each class contributes

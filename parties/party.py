@@ -19,7 +19,13 @@ import torch
 from vfl_sim.config import OptimConfig
 from vfl_sim.models.bottoms import BottomModel
 from vfl_sim.models.state import clone_state, reset_parameters, state_digest
-from vfl_sim.optim import CosineSchedule, Optimizer, build_optimizer, build_scheduler, clear_grads
+from vfl_sim.optim import (
+    CosineSchedule,
+    Optimizer,
+    build_optimizer,
+    build_scheduler,
+    clear_grads,
+)
 from vfl_sim.protocol import Ack, Backward, Embed, EmbedReply, LocalOp, Reply, Request
 
 PartyOp = Callable[..., dict[str, Any] | None]
@@ -61,7 +67,12 @@ class Party:
     """
 
     def __init__(
-        self, party_id: str, features: torch.Tensor, bottom: BottomModel, *, init_seed: int,
+        self,
+        party_id: str,
+        features: torch.Tensor,
+        bottom: BottomModel,
+        *,
+        init_seed: int,
         device: torch.device | str = "cpu",
     ) -> None:
         self.party_id = party_id

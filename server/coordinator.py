@@ -27,8 +27,13 @@ ORIGINAL = "original"
 
 
 def resolve_forget_request(
-    request: ForgetConfig, *, train_ids: np.ndarray, test_ids: np.ndarray, labels: np.ndarray,
-    num_classes: int, seed: int,
+    request: ForgetConfig,
+    *,
+    train_ids: np.ndarray,
+    test_ids: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    seed: int,
 ) -> ForgetSet:
     """Turn a forget request into forget and retain training ids.
 
@@ -44,9 +49,7 @@ def resolve_forget_request(
         classes = tuple(sorted(set(request.classes)))
         bad = [c for c in classes if c >= num_classes]
         if bad:
-            raise ForgetRequestError(
-                f"forget.classes: class {bad[0]} does not exist; classes are 0..{num_classes - 1}"
-            )
+            raise ForgetRequestError(f"forget.classes: class {bad[0]} does not exist; classes are 0..{num_classes - 1}")
         absent = [c for c in classes if not np.any(train_labels == c)]
         if absent:
             raise ForgetRequestError(f"forget.classes: class {absent[0]} has no training samples")
@@ -67,7 +70,9 @@ def resolve_forget_request(
         else:
             assert request.fraction is not None
             n = max(1, int(round(request.fraction * train_ids.size)))
-            chosen = np.random.default_rng(derive_seed(seed, "forget-fraction")).choice(train_ids.size, n, replace=False)
+            chosen = np.random.default_rng(derive_seed(seed, "forget-fraction")).choice(
+                train_ids.size, n, replace=False
+            )
             mask = np.zeros(train_ids.size, dtype=bool)
             mask[chosen] = True
     if mask.all():
@@ -106,8 +111,13 @@ class UnlearningCoordinator:
     def context(self, method: UnlearningMethod, on_step: Any = None) -> UnlearningContext:
         method_seed = derive_seed(self.seed, "method", method.name)
         return UnlearningContext(
-            server=self.server, forget=self.forget, train=self.train,
-            generator=torch_generator(method_seed), seed=method_seed, top_seed=self.top_seed, on_step=on_step,
+            server=self.server,
+            forget=self.forget,
+            train=self.train,
+            generator=torch_generator(method_seed),
+            seed=method_seed,
+            top_seed=self.top_seed,
+            on_step=on_step,
         )
 
     def run(self, method: UnlearningMethod, ctx: UnlearningContext | None = None) -> MethodRun:

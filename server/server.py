@@ -18,7 +18,13 @@ import torch.nn.functional as F
 from vfl_sim.config import OptimConfig
 from vfl_sim.models.state import clone_state, reset_parameters, state_digest
 from vfl_sim.models.top import TopModel, fuse
-from vfl_sim.optim import CosineSchedule, Optimizer, build_optimizer, build_scheduler, clear_grads
+from vfl_sim.optim import (
+    CosineSchedule,
+    Optimizer,
+    build_optimizer,
+    build_scheduler,
+    clear_grads,
+)
 from vfl_sim.protocol import Backward, Embed, EmbedReply, LocalOp, Reply
 from vfl_sim.transport import Transport
 
@@ -63,7 +69,12 @@ class Server:
     """
 
     def __init__(
-        self, labels: torch.Tensor, top: TopModel, transport: Transport, *, fusion: str = "concat",
+        self,
+        labels: torch.Tensor,
+        top: TopModel,
+        transport: Transport,
+        *,
+        fusion: str = "concat",
         device: torch.device | str = "cpu",
     ) -> None:
         self.device = torch.device(device)
@@ -94,16 +105,15 @@ class Server:
 
     # -- training ------------------------------------------------------------------------------
 
-    def configure(
-        self, optim: OptimConfig, total_steps: int, *, parties: bool = True, top: bool = True
-    ) -> None:
+    def configure(self, optim: OptimConfig, total_steps: int, *, parties: bool = True, top: bool = True) -> None:
         """Fresh optimizers for the next phase on the top model and (if ``parties``) every bottom."""
         for p in self.top.parameters():
             p.requires_grad_(top)
         self.optimizer = build_optimizer(self.top.parameters(), optim) if top else None
         self.scheduler = build_scheduler(self.optimizer, optim.schedule, total_steps) if self.optimizer else None
         self.party_op(
-            "configure", optim=optim.model_dump(mode="json", include=set(OptimConfig.model_fields)),
+            "configure",
+            optim=optim.model_dump(mode="json", include=set(OptimConfig.model_fields)),
             total_steps=total_steps,
             trainable="all" if parties else "none",
         )
@@ -133,13 +143,21 @@ class Server:
         self.configure(optim, epochs * steps_per_epoch, parties=update_parties, top=update_top)
         for _ in range(epochs):
             self.run_epoch(
-                make_batches(ids, batch_size, generator), loss_fn=loss_fn,
-                update_parties=update_parties, update_top=update_top, on_step=on_step,
+                make_batches(ids, batch_size, generator),
+                loss_fn=loss_fn,
+                update_parties=update_parties,
+                update_top=update_top,
+                on_step=on_step,
             )
 
     def run_epoch(
-        self, batches: Sequence[torch.Tensor], *, loss_fn: LossFn = cross_entropy, update_parties: bool = True,
-        update_top: bool = True, on_step: StepCallback | None = None,
+        self,
+        batches: Sequence[torch.Tensor],
+        *,
+        loss_fn: LossFn = cross_entropy,
+        update_parties: bool = True,
+        update_top: bool = True,
+        on_step: StepCallback | None = None,
     ) -> None:
         """One pass over ``batches`` with the optimizers set by :meth:`configure`."""
         self.top.train()  # once per epoch; parties switch their own mode per request

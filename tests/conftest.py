@@ -27,7 +27,12 @@ def digits_experiment() -> Experiment:
 
 @pytest.fixture
 def synthetic_experiment() -> Experiment:
-    return prepare(small_config(
-        data={"name": "synthetic", "synthetic": {"samples": 400, "features": 12, "classes": 3, "informative_per_party": 2}},
-        partition={"parties": 3},
-    ))
+    return prepare(
+        small_config(
+            data={
+                "name": "synthetic",
+                "synthetic": {"samples": 400, "features": 12, "classes": 3, "informative_per_party": 2},
+            },
+            partition={"parties": 3},
+        )
+    )

@@ -88,8 +88,9 @@ def test_validate_with_override(tiny: Path, capsys: pytest.CaptureFixture[str]) 
     assert out.rstrip().endswith("methods: neggrad")
 
 
-def test_validate_bad_config(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_validate_bad_config(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["validate", str(tiny), "--set", "train.lr=-1"]) == EXIT_INPUT_ERROR
     out, err = capsys.readouterr()
@@ -129,7 +130,10 @@ def test_error_with_closing_tag_exits_2(tiny: Path, capsys: pytest.CaptureFixtur
 
 def test_unknown_method_lists_available(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run-unknown"
-    assert main(["run", str(tiny), "--out", str(out), "--quiet", "--set", "methods=[retrain,forgetti]"]) == EXIT_INPUT_ERROR
+    assert (
+        main(["run", str(tiny), "--out", str(out), "--quiet", "--set", "methods=[retrain,forgetti]"])
+        == EXIT_INPUT_ERROR
+    )
     line = _one_error_line(capsys.readouterr().err)
     assert line.startswith("error: unknown unlearning method 'forgetti'; available: ")
     available = line.split("available: ", 1)[1]
@@ -157,8 +161,9 @@ def test_methods_command(capsys: pytest.CaptureFixture[str]) -> None:
 # run
 
 
-def test_run_bad_config_writes_nothing(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_bad_config_writes_nothing(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -239,7 +244,11 @@ def test_run_is_reproducible_across_processes(run_folder: Path) -> None:
     env = {**os.environ, "PYTHONHASHSEED": "123"}  # a different hash salt must not matter
     proc = subprocess.run(
         [*_cli(), "run", str(root / "tiny.yaml"), "--out", str(out), "--quiet", *RUN_SETS],
-        cwd=root, env=env, capture_output=True, text=True, timeout=240,
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr
     assert "original" in proc.stdout  # the results table

@@ -148,8 +148,9 @@ def test_synthetic_planted_structure_raw() -> None:
 
 
 def test_synthetic_planted_structure_after_loading() -> None:
-    cfg = DataConfig(name="synthetic", synthetic=SyntheticConfig(samples=2000, features=20, classes=4,
-                                                                    informative_per_party=4))
+    cfg = DataConfig(
+        name="synthetic", synthetic=SyntheticConfig(samples=2000, features=20, classes=4, informative_per_party=4)
+    )
     ds = load_dataset(cfg, parties=2, seed=0)
     x, y = ds.features, ds.labels
     for start in (0, 10):  # the two parties' contiguous groups
@@ -170,8 +171,9 @@ def test_synthetic_balanced_labels() -> None:
 
 
 def test_synthetic_mixed_structure() -> None:
-    cfg = SyntheticConfig(samples=4000, features=8, classes=2, informative_per_party=2, structure="mixed",
-                          separation=2.0, noise=0.5)
+    cfg = SyntheticConfig(
+        samples=4000, features=8, classes=2, informative_per_party=2, structure="mixed", separation=2.0, noise=0.5
+    )
     x, y = make_synthetic(cfg, parties=2, seed=0)
     for informative in ([0, 1], [4, 5]):
         diff = x[y == 0][:, informative].mean(axis=0) - x[y == 1][:, informative].mean(axis=0)

@@ -25,8 +25,11 @@ def data() -> dict[str, np.ndarray]:
 def _resolve(data: dict[str, np.ndarray], seed: int = 0, **request: object):
     return resolve_forget_request(
         ForgetConfig(**request),  # type: ignore[arg-type]
-        train_ids=data["train_ids"], test_ids=data["test_ids"], labels=data["labels"],
-        num_classes=NUM_CLASSES, seed=seed,
+        train_ids=data["train_ids"],
+        test_ids=data["test_ids"],
+        labels=data["labels"],
+        num_classes=NUM_CLASSES,
+        seed=seed,
     )
 
 
@@ -100,8 +103,12 @@ def test_class_without_training_samples() -> None:
     labels = np.array([0, 0, 1, 1, 2], dtype=np.int64)
     with pytest.raises(ForgetRequestError, match=r"class 2 has no training samples"):
         resolve_forget_request(
-            ForgetConfig(kind="class", classes=[2]), train_ids=np.array([0, 1, 2, 3]), test_ids=np.array([4]),
-            labels=labels, num_classes=3, seed=0,
+            ForgetConfig(kind="class", classes=[2]),
+            train_ids=np.array([0, 1, 2, 3]),
+            test_ids=np.array([4]),
+            labels=labels,
+            num_classes=3,
+            seed=0,
         )
 
 
@@ -136,8 +143,10 @@ def test_forget_request_error_is_input_error() -> None:
 def test_prepare_resolves_the_request() -> None:
     cfg = config_from_dict(
         {
-            "data": {"name": "synthetic", "synthetic": {"samples": 200, "features": 8, "classes": 4,
-                                                         "informative_per_party": 2}},
+            "data": {
+                "name": "synthetic",
+                "synthetic": {"samples": 200, "features": 8, "classes": 4, "informative_per_party": 2},
+            },
             "forget": {"kind": "class", "classes": [1]},
             "methods": ["retrain"],
         }

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from server.coordinator import ORIGINAL, UnlearningCoordinator
-from server.methods import MethodParams, UnlearningContext, UnlearningMethod, build_method, register_method
+from server.methods import (
+    MethodParams,
+    UnlearningContext,
+    UnlearningMethod,
+    build_method,
+    register_method,
+)
 from server.methods.registry import _METHODS
 from vfl_sim.errors import ConfigError, RegistryError
 from vfl_sim.experiment import Experiment
@@ -15,8 +21,13 @@ from vfl_sim.protocol import Backward, Embed
 
 def _trained(exp: Experiment):
     server = exp.build_server()
-    server.train_epochs(torch.from_numpy(exp.dataset.train_ids), epochs=1, batch_size=64, optim=exp.cfg.train,
-                        generator=torch.Generator().manual_seed(0))
+    server.train_epochs(
+        torch.from_numpy(exp.dataset.train_ids),
+        epochs=1,
+        batch_size=64,
+        optim=exp.cfg.train,
+        generator=torch.Generator().manual_seed(0),
+    )
     server.save_state(ORIGINAL)
     return server, UnlearningCoordinator(server, exp.forget, exp.cfg.train, seed=0, top_seed=exp.top_seed)
 
@@ -77,8 +88,13 @@ def test_retrain_equals_training_from_scratch(digits_experiment: Experiment) -> 
 
     fresh = exp.build_server()
     torch.manual_seed(ctx.seed)
-    fresh.train_epochs(exp.forget.retain_ids, epochs=1, batch_size=exp.cfg.train.batch_size, optim=exp.cfg.train,
-                       generator=torch.Generator().manual_seed(ctx.seed))
+    fresh.train_epochs(
+        exp.forget.retain_ids,
+        epochs=1,
+        batch_size=exp.cfg.train.batch_size,
+        optim=exp.cfg.train,
+        generator=torch.Generator().manual_seed(ctx.seed),
+    )
     assert fresh.digests() == retrained
 
 
@@ -114,7 +130,9 @@ def test_user_method_registers_and_runs(digits_experiment: Experiment) -> None:
         assert all((p == 0).all() for p in server.top.parameters())
         with pytest.raises(ConfigError, match="does not support forget requests of kind 'samples'"):
             build_method("test_scale_top", {}, "samples")
-        with pytest.raises(ConfigError, match=r"methods.test_scale_top.params.bogus: unknown parameter; allowed: factor"):
+        with pytest.raises(
+            ConfigError, match=r"methods.test_scale_top.params.bogus: unknown parameter; allowed: factor"
+        ):
             build_method("test_scale_top", {"bogus": 1}, "class")
     finally:
         _METHODS.pop("test_scale_top", None)

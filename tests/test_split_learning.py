@@ -33,11 +33,17 @@ CASES = {
     "digits-cnn-concat": {},
     "digits-4-parties-mirage-sum": {"partition": {"parties": 4}, "model": {"bottom": "mirage", "fusion": "sum"}},
     "synthetic-mlp-3-parties": {
-        "data": {"name": "synthetic", "synthetic": {"samples": 300, "features": 12, "classes": 3, "informative_per_party": 2}},
+        "data": {
+            "name": "synthetic",
+            "synthetic": {"samples": 300, "features": 12, "classes": 3, "informative_per_party": 2},
+        },
         "partition": {"parties": 3},
     },
-    "wine-columns-mean": {"data": {"name": "wine"}, "partition": {"scheme": "columns", "columns": [[0, 5, 7], [1, 2, 3, 4]]},
-                          "model": {"fusion": "mean"}},
+    "wine-columns-mean": {
+        "data": {"name": "wine"},
+        "partition": {"scheme": "columns", "columns": [[0, 5, 7], [1, 2, 3, 4]]},
+        "model": {"fusion": "mean"},
+    },
 }
 
 

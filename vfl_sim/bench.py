@@ -26,8 +26,10 @@ DEFAULT_CASES: dict[str, dict[str, Any]] = {
     "digits": {"name": "bench-digits"},
     "synthetic-20k": {
         "name": "bench-synthetic",
-        "data": {"name": "synthetic", "synthetic": {"samples": 25_000, "features": 40, "classes": 10,
-                                                    "informative_per_party": 8}},
+        "data": {
+            "name": "synthetic",
+            "synthetic": {"samples": 25_000, "features": 40, "classes": 10, "informative_per_party": 8},
+        },
         "train": {"batch_size": 128},
     },
 }
@@ -81,9 +83,14 @@ def bench_case(cfg: ExperimentConfig, *, epochs: int, repeats: int) -> dict[str,
         mono_t.append(mono_epochs())
     split_s, mono_s = statistics.median(split_t) / epochs, statistics.median(mono_t) / epochs
     return {
-        "dataset": exp.dataset.name, "train_samples": int(train_ids.numel()), "parties": len(parties),
-        "batch_size": cfg.train.batch_size, "steps_per_epoch": steps,
-        "split_epoch_s": split_s, "monolithic_epoch_s": mono_s, "ratio": split_s / mono_s,
+        "dataset": exp.dataset.name,
+        "train_samples": int(train_ids.numel()),
+        "parties": len(parties),
+        "batch_size": cfg.train.batch_size,
+        "steps_per_epoch": steps,
+        "split_epoch_s": split_s,
+        "monolithic_epoch_s": mono_s,
+        "ratio": split_s / mono_s,
     }
 
 
@@ -98,6 +105,8 @@ def run_bench(config: Path | None, overrides: list[str], *, epochs: int, repeats
     for name, cfg in cases.items():
         r = bench_case(cfg, epochs=epochs, repeats=repeats)
         results.append({"case": name, **r})
-        print(f"{name:<16}{r['train_samples']:>8}{r['parties']:>8}{r['steps_per_epoch']:>7}"
-              f"{r['split_epoch_s']:>15.4f}{r['monolithic_epoch_s']:>14.4f}{r['ratio']:>8.3f}")
+        print(
+            f"{name:<16}{r['train_samples']:>8}{r['parties']:>8}{r['steps_per_epoch']:>7}"
+            f"{r['split_epoch_s']:>15.4f}{r['monolithic_epoch_s']:>14.4f}{r['ratio']:>8.3f}"
+        )
     return results

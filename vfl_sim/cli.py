@@ -29,13 +29,21 @@ log = logging.getLogger("vfl_sim")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vfl-sim", description="Vertical federated learning simulator with unlearning audits.")
+    p = argparse.ArgumentParser(
+        prog="vfl-sim", description="Vertical federated learning simulator with unlearning audits."
+    )
     p.add_argument("--version", action="version", version=f"vfl-sim {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field with a dotted key, e.g. --set train.epochs=5 (repeatable)")
+        sp.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config field with a dotted key, e.g. --set train.epochs=5 (repeatable)",
+        )
         sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines; only the results")
 
     run = sub.add_parser("run", help="run an experiment from a YAML config")
@@ -44,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty run folder")
     common(run)
 
-    val = sub.add_parser("validate", help="check a config (and its dataset, partition and forget request) without running")
+    val = sub.add_parser(
+        "validate", help="check a config (and its dataset, partition and forget request) without running"
+    )
     val.add_argument("config", type=Path)
     val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
@@ -54,7 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     common(demo)
 
     bench = sub.add_parser("bench", help="epoch time of the split (local) runtime vs one monolithic PyTorch model")
-    bench.add_argument("config", type=Path, nargs="?", default=None, help="config to benchmark (default: digits and a 20,000-sample synthetic set)")
+    bench.add_argument(
+        "config",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="config to benchmark (default: digits and a 20,000-sample synthetic set)",
+    )
     bench.add_argument("--epochs", type=int, default=5, help="timed epochs per repeat")
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -66,7 +82,9 @@ def _parser() -> argparse.ArgumentParser:
 def _setup_logging(quiet: bool) -> Console:
     console = Console(stderr=True)
     level = logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)], force=True)
+    logging.basicConfig(
+        level=level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)], force=True
+    )
     return console
 
 
@@ -79,8 +97,10 @@ def print_results(report: dict[str, Any], console: Console) -> None:
 
     header, rows = results_rows(report)
     f = report["forget_request"]
-    table = Table(title=f"{report['name']}: {report['dataset']['name']}, {len(report['parties'])} parties, forget {f['kind']} "
-                        f"{f['classes'] if f['kind'] == 'class' else f['forget_train_samples']}")
+    table = Table(
+        title=f"{report['name']}: {report['dataset']['name']}, {len(report['parties'])} parties, forget {f['kind']} "
+        f"{f['classes'] if f['kind'] == 'class' else f['forget_train_samples']}"
+    )
     for i, h in enumerate(header):
         table.add_column(h, justify="left" if i == 0 else "right")
     for r in rows:
@@ -126,8 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             exp = prepare(load_config(args.config, args.overrides))
             f = exp.forget
-            print(f"ok: {exp.dataset.name}, {len(exp.slices)} parties, forget {f.kind} "
-                  f"({f.forget_ids.numel()} training samples), methods: {', '.join(m.name for m in exp.methods)}")
+            print(
+                f"ok: {exp.dataset.name}, {len(exp.slices)} parties, forget {f.kind} "
+                f"({f.forget_ids.numel()} training samples), methods: {', '.join(m.name for m in exp.methods)}"
+            )
             return 0
         if args.command == "bench":
             from vfl_sim.bench import run_bench

@@ -101,7 +101,9 @@ class Experiment:
 
     # -- running -------------------------------------------------------------------------------
 
-    def run(self, out_dir: str | Path, *, progress: ProgressReporter | None = None, overwrite: bool = False) -> dict[str, Any]:
+    def run(
+        self, out_dir: str | Path, *, progress: ProgressReporter | None = None, overwrite: bool = False
+    ) -> dict[str, Any]:
         """Train the original, run every method, audit, and write the run folder.
 
         Returns the report (also written as ``report.json``).
@@ -136,8 +138,12 @@ class Experiment:
         start = time.perf_counter()
         with progress.phase("train original", cfg.train.epochs * steps) as on_step:
             server.train_epochs(
-                train_ids, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, optim=cfg.train,
-                generator=torch_generator(derive_seed(cfg.seed, "batches", ORIGINAL)), on_step=on_step,
+                train_ids,
+                epochs=cfg.train.epochs,
+                batch_size=cfg.train.batch_size,
+                optim=cfg.train,
+                generator=torch_generator(derive_seed(cfg.seed, "batches", ORIGINAL)),
+                on_step=on_step,
             )
         runs: dict[str, dict[str, Any]] = {
             ORIGINAL: {"runtime_s": time.perf_counter() - start, "communication": server.transport.stats.to_dict()}
@@ -220,15 +226,18 @@ class Experiment:
             views[name] = ModelEmbeddings(
                 parties={pid: e.cpu().numpy() for pid, e in zip(server.party_ids, embeddings)}, logits=logits
             )
-        return AuditData(kind=frame.kind, labels=frame.labels, split=frame.split, forget=frame.forget, models=views,
-                         meta=frame.meta)
+        return AuditData(
+            kind=frame.kind, labels=frame.labels, split=frame.split, forget=frame.forget, models=views, meta=frame.meta
+        )
 
     def audit(self, data: AuditData) -> dict[str, dict[str, dict[str, Any]]]:
         """Run the auditors; returns ``{model: {section: result}}``."""
         a = self.cfg.audit
         auditors = [
             get_auditor("output")(),
-            RepresentationAuditor(eval_fraction=a.probe_eval_fraction, C=a.probe_C, seed=derive_seed(self.cfg.seed, "probe")),
+            RepresentationAuditor(
+                eval_fraction=a.probe_eval_fraction, C=a.probe_C, seed=derive_seed(self.cfg.seed, "probe")
+            ),
         ]
         out: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in data.models}
         for auditor in auditors:
@@ -243,9 +252,13 @@ class Experiment:
             target.mkdir(parents=True, exist_ok=True)
             torch.save(server.states[name], target / "top.pt")
             for pid in server.party_ids:
-                server.transport.exchange({pid: LocalOp("checkpoint", {"path": str(target / f"{pid}.pt"), "name": name})})
+                server.transport.exchange(
+                    {pid: LocalOp("checkpoint", {"path": str(target / f"{pid}.pt"), "name": name})}
+                )
 
-    def report(self, runs: dict[str, dict[str, Any]], results: dict[str, dict[str, Any]], audit_s: float) -> dict[str, Any]:
+    def report(
+        self, runs: dict[str, dict[str, Any]], results: dict[str, dict[str, Any]], audit_s: float
+    ) -> dict[str, Any]:
         models = {name: {**runs[name], **results[name]} for name in runs}
         return {
             "schema_version": SCHEMA_VERSION,
@@ -268,7 +281,10 @@ def _audit_counts(exp: Experiment) -> dict[str, int]:
 
 def _embedding_arrays(data: AuditData) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {
-        "ids": np.asarray(data.meta["ids"]), "labels": data.labels, "split": data.split, "forget": data.forget
+        "ids": np.asarray(data.meta["ids"]),
+        "labels": data.labels,
+        "split": data.split,
+        "forget": data.forget,
     }
     for name, m in data.models.items():
         arrays[f"{name}/logits"] = m.logits
@@ -287,8 +303,12 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
     for shape in party_shapes(dataset, slices):
         build_bottom(cfg.model, shape)  # raises ConfigError when a bottom does not fit its party
     forget = resolve_forget_request(
-        cfg.forget, train_ids=dataset.train_ids, test_ids=dataset.test_ids, labels=dataset.labels,
-        num_classes=dataset.num_classes, seed=cfg.seed,
+        cfg.forget,
+        train_ids=dataset.train_ids,
+        test_ids=dataset.test_ids,
+        labels=dataset.labels,
+        num_classes=dataset.num_classes,
+        seed=cfg.seed,
     )
     methods = [build_method(m.name, m.params, forget.kind) for m in cfg.methods]
     for auditor in AUDITORS:

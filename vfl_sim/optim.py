@@ -22,7 +22,9 @@ class LeanSGD:
     without a gradient are skipped, as in torch.
     """
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], *, lr: float, momentum: float, weight_decay: float) -> None:
+    def __init__(
+        self, params: Iterable[torch.nn.Parameter], *, lr: float, momentum: float, weight_decay: float
+    ) -> None:
         self.params = list(params)
         self.param_groups = [{"params": self.params, "lr": lr}]
         self.momentum = momentum

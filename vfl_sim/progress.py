@@ -6,7 +6,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 class ProgressReporter:
@@ -23,9 +30,14 @@ class ProgressReporter:
             yield lambda loss: None
             return
         with Progress(
-            TextColumn("[bold]{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:>8}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=self.console, transient=False,
+            TextColumn("[bold]{task.description:<22}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:>8}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
         ) as bar:
             task = bar.add_task(description, total=total, loss="")
 

@@ -24,16 +24,35 @@ def _fmt(v: Any, pct: bool = False, signed: bool = False) -> str:
 
 def results_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The summary table (one row per model) shared by ``report.md`` and the CLI."""
-    header = ["model", "time s", "retain test", "forget test", "retain train", "forget train",
-              "LPR", "LPR gap", "CKA orig", "CKA retr"]
+    header = [
+        "model",
+        "time s",
+        "retain test",
+        "forget test",
+        "retain train",
+        "forget train",
+        "LPR",
+        "LPR gap",
+        "CKA orig",
+        "CKA retr",
+    ]
     rows = []
     for name, m in report["models"].items():
         o, f = m["output"], m["representation"]["fused"]
-        rows.append([
-            name, f"{m['runtime_s']:.2f}", _fmt(o["retain_test_acc"], True), _fmt(o["forget_test_acc"], True),
-            _fmt(o["retain_train_acc"], True), _fmt(o["forget_train_acc"], True), _fmt(f["lpr"], True),
-            _fmt(f["lpr_gap"], True, True), _fmt(f["cka_original"]), _fmt(f["cka_retrain"]),
-        ])
+        rows.append(
+            [
+                name,
+                f"{m['runtime_s']:.2f}",
+                _fmt(o["retain_test_acc"], True),
+                _fmt(o["forget_test_acc"], True),
+                _fmt(o["retain_train_acc"], True),
+                _fmt(o["forget_train_acc"], True),
+                _fmt(f["lpr"], True),
+                _fmt(f["lpr_gap"], True, True),
+                _fmt(f["cka_original"]),
+                _fmt(f["cka_retrain"]),
+            ]
+        )
     return header, rows
 
 
@@ -43,8 +62,17 @@ def party_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for name, m in report["models"].items():
         for pid, r in m["representation"]["parties"].items():
-            rows.append([name, pid, _fmt(r["lpr"], True), _fmt(r["lpr_gap"], True, True), _fmt(r["lpr_auroc"]),
-                         _fmt(r["cka_original"]), _fmt(r["cka_retrain"])])
+            rows.append(
+                [
+                    name,
+                    pid,
+                    _fmt(r["lpr"], True),
+                    _fmt(r["lpr_gap"], True, True),
+                    _fmt(r["lpr_auroc"]),
+                    _fmt(r["cka_original"]),
+                    _fmt(r["cka_retrain"]),
+                ]
+            )
     return header, rows
 
 

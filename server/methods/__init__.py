@@ -13,7 +13,12 @@ from server.methods.base import (
     UnlearningContext,
     UnlearningMethod,
 )
-from server.methods.registry import available_methods, build_method, get_method, register_method
+from server.methods.registry import (
+    available_methods,
+    build_method,
+    get_method,
+    register_method,
+)
 
 __all__ = [
     "ForgetSet",

@@ -111,8 +111,11 @@ class PhaseParams(MethodParams):
 
     def optim(self) -> OptimConfig:
         return OptimConfig(
-            optimizer=self.optimizer, lr=self.lr, momentum=self.momentum,
-            weight_decay=self.weight_decay, schedule=self.schedule,
+            optimizer=self.optimizer,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            schedule=self.schedule,
         )
 
 

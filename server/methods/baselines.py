@@ -6,7 +6,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from server.methods.base import MethodParams, PhaseParams, UnlearningContext, UnlearningMethod
+from server.methods.base import (
+    MethodParams,
+    PhaseParams,
+    UnlearningContext,
+    UnlearningMethod,
+)
 from server.methods.registry import register_method
 
 

@@ -51,9 +51,7 @@ def party_ids(parties: int) -> list[str]:
     return [f"party_{k}" for k in range(parties)]
 
 
-def partition_features(
-    cfg: PartitionConfig, sample_shape: tuple[int, ...], seed: int
-) -> list[PartySlice]:
+def partition_features(cfg: PartitionConfig, sample_shape: tuple[int, ...], seed: int) -> list[PartySlice]:
     """Assign the feature columns of samples of ``sample_shape`` to ``cfg.parties`` parties.
 
     Raises

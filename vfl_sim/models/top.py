@@ -32,7 +32,12 @@ class TopModel(nn.Module):
     """
 
     def __init__(
-        self, in_features: int, num_classes: int, hidden: Sequence[int] = (), *, dropout: float = 0.0,
+        self,
+        in_features: int,
+        num_classes: int,
+        hidden: Sequence[int] = (),
+        *,
+        dropout: float = 0.0,
         dropout_first_only: bool = False,
     ) -> None:
         super().__init__()

@@ -32,8 +32,11 @@ def build_bottom(cfg: ModelConfig, party_shape: tuple[int, ...]) -> BottomModel:
             return mirage_bottom(shape, cfg.embedding_dim)
         return cnn_bottom(shape, cfg.cnn_channels, cfg.embedding_dim, batch_norm=cfg.batch_norm)
     return mlp_bottom(
-        int(np.prod(party_shape)), cfg.bottom_hidden, cfg.embedding_dim,
-        batch_norm=cfg.batch_norm, dropout=cfg.bottom_dropout,
+        int(np.prod(party_shape)),
+        cfg.bottom_hidden,
+        cfg.embedding_dim,
+        batch_norm=cfg.batch_norm,
+        dropout=cfg.bottom_dropout,
     )
 
 

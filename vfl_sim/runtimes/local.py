@@ -22,12 +22,17 @@ def build_party(cfg: ExperimentConfig, dataset: VflDataset, part: PartySlice, de
     view = part.take(dataset.features)
     bottom = build_bottom(cfg.model, tuple(view.shape[1:]))
     return Party(
-        part.party_id, torch.from_numpy(view), bottom,
-        init_seed=derive_seed(cfg.seed, "init", part.party_id), device=device,
+        part.party_id,
+        torch.from_numpy(view),
+        bottom,
+        init_seed=derive_seed(cfg.seed, "init", part.party_id),
+        device=device,
     )
 
 
-def local_transport(cfg: ExperimentConfig, dataset: VflDataset, slices: list[PartySlice], device: torch.device) -> LocalTransport:
+def local_transport(
+    cfg: ExperimentConfig, dataset: VflDataset, slices: list[PartySlice], device: torch.device
+) -> LocalTransport:
     return LocalTransport({p.party_id: build_party(cfg, dataset, p, device) for p in slices})
 
 
