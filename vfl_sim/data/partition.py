@@ -96,7 +96,8 @@ def partition_features(cfg: PartitionConfig, sample_shape: tuple[int, ...], seed
             bad = [c for c in group if c >= n_flat]
             if bad:
                 raise ConfigError(
-                    f"partition.columns for {pid} has column {bad[0]} but the data has {n_flat} columns (0..{n_flat - 1})"
+                    f"partition.columns for {pid} has column {bad[0]} "
+                    f"but the data has {n_flat} columns (0..{n_flat - 1})"
                 )
             if len(set(group)) != len(group):
                 dup = next(c for c in group if group.count(c) > 1)
