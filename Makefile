@@ -29,3 +29,4 @@ clean:
 lint: $(STAMP)
 	$(BIN)/ruff check vfl_sim parties server audits tests
 	$(BIN)/ruff format --check vfl_sim parties server audits tests
+	$(BIN)/mypy vfl_sim parties server audits

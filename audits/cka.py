@@ -206,17 +206,18 @@ class LinearCKA:
             )
         if xa.shape[0] == 0:
             return self
+        p, q = xa.shape[1], ya.shape[1]
         if self._shift_x is None:
             if self.centered:
                 self._shift_x, self._shift_y = xa.mean(axis=0), ya.mean(axis=0)
             else:
                 # Uncentered CKA needs the raw Grams themselves; nothing to shift.
-                self._shift_x, self._shift_y = np.zeros(self._p), np.zeros(self._q)
-            self._sum_x, self._sum_y = np.zeros(self._p), np.zeros(self._q)
-            self._xtx = np.zeros((self._p, self._p))
-            self._yty = np.zeros((self._q, self._q))
-            self._xty = np.zeros((self._p, self._q))
-            self._raw_x, self._raw_y = np.zeros(self._p), np.zeros(self._q)
+                self._shift_x, self._shift_y = np.zeros(p), np.zeros(q)
+            self._sum_x, self._sum_y = np.zeros(p), np.zeros(q)
+            self._xtx = np.zeros((p, p))
+            self._yty = np.zeros((q, q))
+            self._xty = np.zeros((p, q))
+            self._raw_x, self._raw_y = np.zeros(p), np.zeros(q)
         assert self._raw_x is not None and self._raw_y is not None
         self._raw_x += np.sum(np.square(xa), axis=0)
         self._raw_y += np.sum(np.square(ya), axis=0)

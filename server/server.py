@@ -10,7 +10,7 @@ trip per party.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +36,8 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor)
     return F.cross_entropy(logits, labels)
 
 
-class StepCallback(Protocol):
-    def __call__(self, loss: float) -> None: ...
+StepCallback = Callable[[float], None]
+"""Called with the loss after every step (progress bars)."""
 
 
 def make_batches(ids: torch.Tensor, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:

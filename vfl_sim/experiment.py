@@ -167,7 +167,7 @@ class Experiment:
         results = self.audit(data)
         audit_s = time.perf_counter() - start
         self.save_checkpoints(server, list(runs), work / "checkpoints")
-        np.savez_compressed(work / "audit_embeddings.npz", **_embedding_arrays(data))
+        np.savez_compressed(work / "audit_embeddings.npz", **_embedding_arrays(data))  # type: ignore[arg-type]
 
         report = self.report(runs, results, audit_s)
         (work / "report.json").write_text(json.dumps(report, indent=2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -25,8 +26,8 @@ class LeanSGD:
     def __init__(
         self, params: Iterable[torch.nn.Parameter], *, lr: float, momentum: float, weight_decay: float
     ) -> None:
-        self.params = list(params)
-        self.param_groups = [{"params": self.params, "lr": lr}]
+        self.params: list[torch.Tensor] = list(params)
+        self.param_groups: list[dict[str, Any]] = [{"params": self.params, "lr": lr}]
         self.momentum = momentum
         self.weight_decay = weight_decay
         self._buffers: dict[int, torch.Tensor] = {}
@@ -40,22 +41,26 @@ class LeanSGD:
         params = [p for p in self.params if p.grad is not None]
         if not params:
             return
-        grads = [p.grad for p in params]
+        grads: list[torch.Tensor] = [p.grad for p in params if p.grad is not None]
         if self.weight_decay:
-            grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
+            grads = list(torch._foreach_add(grads, params, alpha=self.weight_decay))
         if self.momentum:
-            bufs = [self._buffers.get(id(p)) for p in params]
-            if all(b is not None for b in bufs):
+            known = [self._buffers.get(id(p)) for p in params]
+            if all(b is not None for b in known):
+                bufs = [b for b in known if b is not None]
                 torch._foreach_mul_(bufs, self.momentum)
                 torch._foreach_add_(bufs, grads)
             else:  # first step of some parameters: their buffer starts as the gradient
-                for k, (p, g) in enumerate(zip(params, grads)):
-                    if bufs[k] is None:
-                        bufs[k] = self._buffers[id(p)] = g.detach().clone()
+                bufs = []
+                for p, g, b in zip(params, grads, known):
+                    if b is None:
+                        b = self._buffers[id(p)] = g.detach().clone()
                     else:
-                        bufs[k].mul_(self.momentum).add_(g)
+                        b.mul_(self.momentum).add_(g)
+                    bufs.append(b)
             grads = bufs
-        torch._foreach_add_(params, grads, alpha=-self.param_groups[0]["lr"])
+        lr = float(self.param_groups[0]["lr"])
+        torch._foreach_add_(params, grads, alpha=-lr)
 
 
 Optimizer = torch.optim.Optimizer | LeanSGD
@@ -87,7 +92,7 @@ class CosineSchedule:
         self.t += 1
         factor = 0.5 * (1.0 + math.cos(math.pi * min(self.t, self.total_steps) / self.total_steps))
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * factor
+            group["lr"] = float(base) * factor
 
 
 def build_scheduler(optimizer: Optimizer, schedule: str, total_steps: int) -> CosineSchedule | None:
@@ -100,5 +105,6 @@ def build_scheduler(optimizer: Optimizer, schedule: str, total_steps: int) -> Co
 def clear_grads(optimizer: Optimizer) -> None:
     """``optimizer.zero_grad(set_to_none=True)`` without its profiler bookkeeping."""
     for group in optimizer.param_groups:
-        for p in group["params"]:
+        params: list[torch.Tensor] = group["params"]
+        for p in params:
             p.grad = None

@@ -28,5 +28,6 @@ def reset_parameters(module: nn.Module, seed: int) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for sub in module.modules():
-            if sub is not module and hasattr(sub, "reset_parameters"):
-                sub.reset_parameters()
+            reset = getattr(sub, "reset_parameters", None)
+            if sub is not module and callable(reset):
+                reset()
