@@ -88,7 +88,7 @@ class Experiment:
     def build_server(self) -> Server:
         """Parties (behind the configured transport) and the server, freshly initialized."""
         transport = local_transport(self.cfg, self.dataset, self.slices, self.device)
-        dims = [build_bottom(self.cfg.model, s).embedding_dim for s in party_shapes(self.dataset, self.slices)]
+        dims = [self.cfg.model.embedding_dim] * len(self.slices)  # every bottom ends in this width
         top = build_top(self.cfg.model, dims, self.dataset.num_classes)
         reset_parameters(top, self.top_seed)
         return Server(
@@ -169,7 +169,7 @@ class Experiment:
         self.save_checkpoints(server, list(runs), work / "checkpoints")
         np.savez_compressed(work / "audit_embeddings.npz", **_embedding_arrays(data))  # type: ignore[arg-type]
 
-        report = self.report(runs, results, audit_s)
+        report = self.report(runs, results, audit_s, data)
         (work / "report.json").write_text(json.dumps(report, indent=2))
         (work / "report.md").write_text(write_markdown(report))
         return report
@@ -251,13 +251,15 @@ class Experiment:
             target = folder / name
             target.mkdir(parents=True, exist_ok=True)
             torch.save(server.states[name], target / "top.pt")
-            for pid in server.party_ids:
-                server.transport.exchange(
-                    {pid: LocalOp("checkpoint", {"path": str(target / f"{pid}.pt"), "name": name})}
-                )
+            server.transport.exchange(
+                {
+                    pid: LocalOp("checkpoint", {"path": str(target / f"{pid}.pt"), "name": name})
+                    for pid in server.party_ids
+                }
+            )
 
     def report(
-        self, runs: dict[str, dict[str, Any]], results: dict[str, dict[str, Any]], audit_s: float
+        self, runs: dict[str, dict[str, Any]], results: dict[str, dict[str, Any]], audit_s: float, data: AuditData
     ) -> dict[str, Any]:
         models = {name: {**runs[name], **results[name]} for name in runs}
         return {
@@ -269,14 +271,12 @@ class Experiment:
             "dataset": self.dataset.describe(),
             "parties": [s.describe() for s in self.slices],
             "forget_request": self.forget.describe(),
-            "audit": {"runtime_s": audit_s, "samples": _audit_counts(self)},
+            "audit": {
+                "runtime_s": audit_s,
+                "samples": {g: int(data.mask(g).sum()) for g in ("test", "forget_train", "retain_train")},
+            },
             "models": models,
         }
-
-
-def _audit_counts(exp: Experiment) -> dict[str, int]:
-    _, split = exp.audit_ids()
-    return {s: int((split == s).sum()) for s in ("test", "forget_train", "retain_train")}
 
 
 def _embedding_arrays(data: AuditData) -> dict[str, np.ndarray]:
