@@ -11,6 +11,7 @@ party's side of unlearning methods). Party-side operations are plain functions r
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,17 @@ def registered_ops() -> list[str]:
     return sorted(_OPS)
 
 
+@dataclass(frozen=True)
+class _Replay:
+    ids: torch.Tensor
+    rng: torch.Tensor
+    buffers: dict[str, torch.Tensor]
+
+
+def _buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: b.detach().clone() for name, b in module.named_buffers()}
+
+
 class Party:
     """One passive party.
 
@@ -64,6 +76,12 @@ class Party:
         Seed of the bottom model's initialization; ``reset`` without a seed returns to it.
     device
         Where the bottom model and the features live.
+    replay_backward
+        Keep no autograd graph between ``Embed`` and ``Backward``; instead remember the batch
+        ids, the RNG state and the buffers (batch-norm statistics) from before the forward pass,
+        and replay that forward pass when the gradient arrives. Gives the same gradients at the
+        cost of a second forward pass, and is what a party needs when it does not stay in
+        memory between messages (Flower ClientApps), since a graph cannot be stored.
     """
 
     def __init__(
@@ -74,8 +92,10 @@ class Party:
         *,
         init_seed: int,
         device: torch.device | str = "cpu",
+        replay_backward: bool = False,
     ) -> None:
         self.party_id = party_id
+        self.replay_backward = replay_backward
         self.device = torch.device(device)
         self.features = features.to(self.device)
         self.bottom = bottom.to(self.device)
@@ -84,6 +104,7 @@ class Party:
         self.scheduler: CosineSchedule | None = None
         self.states: dict[str, dict[str, torch.Tensor]] = {}
         self._pending: torch.Tensor | None = None  # embedding whose graph awaits a Backward
+        self._replay: _Replay | None = None  # what replays the forward pass, with replay_backward
         self.reset_parameters(init_seed)
 
     # -- protocol -----------------------------------------------------------------------------
@@ -106,6 +127,10 @@ class Party:
         x = self.features.index_select(0, request.ids.to(self.device))
         if request.train:
             self._set_mode(True)
+            if self.replay_backward:
+                self._replay = _Replay(request.ids.clone(), torch.get_rng_state(), _buffers(self.bottom))
+                with torch.no_grad():
+                    return EmbedReply(self.bottom(x))
             out = self.bottom(x)
             self._pending = out
             return EmbedReply(out.detach())
@@ -123,9 +148,13 @@ class Party:
             self.bottom.train(train)
 
     def backward(self, grad: torch.Tensor, *, step: bool = True) -> None:
-        if self._pending is None:
+        if self._replay is not None:
+            out = self._replay_forward(self._replay)
+            self._replay = None
+        elif self._pending is not None:
+            out, self._pending = self._pending, None
+        else:
             raise RuntimeError(f"{self.party_id}: Backward without a preceding training Embed")
-        out, self._pending = self._pending, None
         out.backward(grad.to(self.device))
         if step:
             if self.optimizer is None:
@@ -135,12 +164,24 @@ class Party:
                 self.scheduler.step()
             clear_grads(self.optimizer)
 
+    def _replay_forward(self, replay: _Replay) -> torch.Tensor:
+        """The training forward pass of ``replay.ids`` again, from the state it started in."""
+        after_rng = torch.get_rng_state()
+        with torch.no_grad():
+            for name, buf in self.bottom.named_buffers():
+                buf.copy_(replay.buffers[name])
+        torch.set_rng_state(replay.rng)
+        self._set_mode(True)
+        out = self.bottom(self.features.index_select(0, replay.ids.to(self.device)))
+        torch.set_rng_state(after_rng)
+        return out
+
     # -- state ---------------------------------------------------------------------------------
 
     def reset_parameters(self, seed: int) -> None:
         """Re-initialize the bottom model as a fresh model seeded with ``seed``."""
         reset_parameters(self.bottom, seed)
-        self._pending = None
+        self._pending = self._replay = None
 
 
 @party_op("configure")
@@ -151,7 +192,7 @@ def _configure(party: Party, optim: dict[str, Any], total_steps: int = 0, traina
         p.requires_grad_(trainable == "all")
     party.optimizer = build_optimizer(party.bottom.parameters(), cfg) if trainable == "all" else None
     party.scheduler = build_scheduler(party.optimizer, cfg.schedule, total_steps) if party.optimizer else None
-    party._pending = None
+    party._pending = party._replay = None
 
 
 @party_op("save_state")
@@ -165,7 +206,7 @@ def _load_state(party: Party, name: str) -> None:
         raise KeyError(f"{party.party_id}: no saved state '{name}'")
     party.bottom.load_state_dict(party.states[name])
     party.optimizer = party.scheduler = None
-    party._pending = None
+    party._pending = party._replay = None
 
 
 @party_op("reset")

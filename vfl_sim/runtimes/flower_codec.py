@@ -1,0 +1,95 @@
+"""Protocol messages as Flower records (flwr 1.41 Message API).
+
+Each request becomes the content (a ``RecordDict``) and message type of one Flower
+``Message``; each reply becomes the content of the reply. Tensors travel in an ``ArrayRecord``,
+flags and operation arguments in a ``ConfigRecord`` (arguments as one JSON string, since
+``ConfigRecord`` values are flat scalars). Message types follow Flower's routing:
+``query.embed`` for embeddings, ``train.backward`` for gradients, ``train.local_op`` for
+party-side operations.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from vfl_sim.protocol import Ack, Backward, Embed, EmbedReply, LocalOp, Reply, Request
+
+EMBED, BACKWARD, LOCAL_OP = "query.embed", "train.backward", "train.local_op"
+_LAYER = "layer/"
+
+
+def _array(t: torch.Tensor) -> Array:
+    return Array(np.ascontiguousarray(t.detach().cpu().numpy()))
+
+
+def _tensor(a: Array) -> torch.Tensor:
+    return torch.from_numpy(np.array(a.numpy(), copy=True))
+
+
+def encode_request(request: Request) -> tuple[str, RecordDict]:
+    """``(message_type, content)`` of the Flower message that carries ``request``."""
+    if isinstance(request, Embed):
+        return EMBED, RecordDict(
+            {
+                "arrays": ArrayRecord({"ids": _array(request.ids)}),
+                "config": ConfigRecord({"train": request.train, "layers": request.layers}),
+            }
+        )
+    if isinstance(request, Backward):
+        arrays = {"grad": _array(request.grad)}
+        config: dict[str, Any] = {"step": request.step, "then": request.then is not None}
+        if request.then is not None:
+            arrays["then_ids"] = _array(request.then.ids)
+            config.update(then_train=request.then.train, then_layers=request.then.layers)
+        return BACKWARD, RecordDict({"arrays": ArrayRecord(arrays), "config": ConfigRecord(config)})
+    if isinstance(request, LocalOp):
+        return LOCAL_OP, RecordDict({"config": ConfigRecord({"name": request.name, "args": json.dumps(request.args)})})
+    raise TypeError(f"cannot encode {type(request).__name__}")
+
+
+def decode_request(message_type: str, content: RecordDict) -> Request:
+    """The protocol request carried by a Flower message (inverse of :func:`encode_request`)."""
+    config = content.config_records["config"]
+    if message_type == EMBED:
+        ids = _tensor(content.array_records["arrays"]["ids"])
+        return Embed(ids, train=bool(config["train"]), layers=bool(config["layers"]))
+    if message_type == BACKWARD:
+        arrays = content.array_records["arrays"]
+        then = None
+        if config["then"]:
+            then = Embed(
+                _tensor(arrays["then_ids"]), train=bool(config["then_train"]), layers=bool(config["then_layers"])
+            )
+        return Backward(_tensor(arrays["grad"]), step=bool(config["step"]), then=then)
+    if message_type == LOCAL_OP:
+        return LocalOp(str(config["name"]), json.loads(str(config["args"])))
+    raise ValueError(f"unknown message type '{message_type}'; expected {EMBED}, {BACKWARD} or {LOCAL_OP}")
+
+
+def encode_reply(reply: Reply) -> RecordDict:
+    """The content of the reply message that carries ``reply``."""
+    if isinstance(reply, EmbedReply):
+        arrays = {"embedding": _array(reply.embedding)}
+        arrays.update({_LAYER + name: _array(t) for name, t in (reply.layers or {}).items()})
+        return RecordDict({"arrays": ArrayRecord(arrays)})
+    return RecordDict({"config": ConfigRecord({"info": json.dumps(reply.info)})})
+
+
+def decode_reply(content: RecordDict) -> Reply:
+    """The protocol reply in a reply message's content (inverse of :func:`encode_reply`)."""
+    if "arrays" in content.array_records:
+        arrays = content.array_records["arrays"]
+        layers = {k[len(_LAYER) :]: _tensor(v) for k, v in arrays.items() if k.startswith(_LAYER)}
+        return EmbedReply(_tensor(arrays["embedding"]), layers or None)
+    return Ack(json.loads(str(content.config_records["config"]["info"])))
+
+
+def content_nbytes(content: RecordDict) -> int:
+    """Bytes of a message's content as Flower counts them (``count_bytes`` of every record)."""
+    records = [*content.array_records.values(), *content.config_records.values(), *content.metric_records.values()]
+    return int(sum(r.count_bytes() for r in records))
