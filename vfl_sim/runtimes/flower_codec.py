@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from vfl_sim.protocol import Ack, Backward, Embed, EmbedReply, LocalOp, Reply, Request
 
@@ -91,5 +91,9 @@ def decode_reply(content: RecordDict) -> Reply:
 
 def content_nbytes(content: RecordDict) -> int:
     """Bytes of a message's content as Flower counts them (``count_bytes`` of every record)."""
-    records = [*content.array_records.values(), *content.config_records.values(), *content.metric_records.values()]
+    records: list[ArrayRecord | ConfigRecord | MetricRecord] = [
+        *content.array_records.values(),
+        *content.config_records.values(),
+        *content.metric_records.values(),
+    ]
     return int(sum(r.count_bytes() for r in records))
