@@ -22,6 +22,7 @@ from vfl_sim.models.bottoms import BottomModel
 from vfl_sim.models.state import clone_state, reset_parameters, state_digest
 from vfl_sim.optim import (
     CosineSchedule,
+    LeanSGD,
     Optimizer,
     build_optimizer,
     build_scheduler,
@@ -105,6 +106,7 @@ class Party:
         self.states: dict[str, dict[str, torch.Tensor]] = {}
         self._pending: torch.Tensor | None = None  # embedding whose graph awaits a Backward
         self._replay: _Replay | None = None  # what replays the forward pass, with replay_backward
+        self.phase: dict[str, Any] | None = None  # the arguments of the last 'configure'
         self.reset_parameters(init_seed)
 
     # -- protocol -----------------------------------------------------------------------------
@@ -178,6 +180,65 @@ class Party:
 
     # -- state ---------------------------------------------------------------------------------
 
+    def export_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything the party needs to go on later, as named tensors and JSON-ready metadata.
+
+        Covers the bottom model, saved snapshots, the optimizer and schedule of the current
+        phase, and a pending replayed forward pass. A live autograd graph cannot be exported:
+        a party that is stored between messages must use ``replay_backward``.
+        """
+        if self._pending is not None:
+            raise RuntimeError(f"{self.party_id}: cannot export a pending autograd graph; use replay_backward")
+        tensors = {f"model/{k}": v for k, v in self.bottom.state_dict().items()}
+        for name, state in self.states.items():
+            tensors.update({f"snapshot/{name}/{k}": v for k, v in state.items()})
+        meta: dict[str, Any] = {"snapshots": list(self.states), "phase": self.phase}
+        if isinstance(self.optimizer, LeanSGD):
+            tensors.update({f"optim/buf/{k}": b for k, b in self.optimizer.momentum_buffers().items()})
+        elif self.optimizer is not None:
+            sd = self.optimizer.state_dict()
+            for k, st in sd["state"].items():
+                tensors.update({f"optim/state/{k}/{name}": v for name, v in st.items()})
+        if self.optimizer is not None:
+            meta["lr"] = [g["lr"] for g in self.optimizer.param_groups]
+        if self.scheduler is not None:
+            meta["schedule_step"] = self.scheduler.t
+        if self._replay is not None:
+            tensors["replay/ids"], tensors["replay/rng"] = self._replay.ids, self._replay.rng
+            tensors.update({f"replay/buf/{k}": v for k, v in self._replay.buffers.items()})
+        return tensors, meta
+
+    def import_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Restore what :meth:`export_state` produced (on a party built the same way)."""
+
+        def group(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        self.bottom.load_state_dict(group("model/"))
+        self.states = {name: group(f"snapshot/{name}/") for name in meta["snapshots"]}
+        self.optimizer = self.scheduler = None
+        self.phase = None
+        if meta.get("phase") is not None:
+            _configure(self, **meta["phase"])
+        if self.optimizer is not None:
+            if isinstance(self.optimizer, LeanSGD):
+                self.optimizer.load_momentum_buffers({int(k): v for k, v in group("optim/buf/").items()})
+            else:
+                sd = self.optimizer.state_dict()
+                state: dict[int, dict[str, torch.Tensor]] = {}
+                for key, v in group("optim/state/").items():
+                    idx, name = key.split("/", 1)
+                    state.setdefault(int(idx), {})[name] = v
+                sd["state"] = state
+                self.optimizer.load_state_dict(sd)
+            for g, lr in zip(self.optimizer.param_groups, meta["lr"]):
+                g["lr"] = lr
+        if self.scheduler is not None:
+            self.scheduler.t = int(meta["schedule_step"])
+        self._replay = None
+        if "replay/ids" in tensors:
+            self._replay = _Replay(tensors["replay/ids"], tensors["replay/rng"], group("replay/buf/"))
+
     def reset_parameters(self, seed: int) -> None:
         """Re-initialize the bottom model as a fresh model seeded with ``seed``."""
         reset_parameters(self.bottom, seed)
@@ -192,6 +253,7 @@ def _configure(party: Party, optim: dict[str, Any], total_steps: int = 0, traina
         p.requires_grad_(trainable == "all")
     party.optimizer = build_optimizer(party.bottom.parameters(), cfg) if trainable == "all" else None
     party.scheduler = build_scheduler(party.optimizer, cfg.schedule, total_steps) if party.optimizer else None
+    party.phase = {"optim": optim, "total_steps": total_steps, "trainable": trainable}
     party._pending = party._replay = None
 
 
@@ -206,6 +268,7 @@ def _load_state(party: Party, name: str) -> None:
         raise KeyError(f"{party.party_id}: no saved state '{name}'")
     party.bottom.load_state_dict(party.states[name])
     party.optimizer = party.scheduler = None
+    party.phase = None
     party._pending = party._replay = None
 
 

@@ -36,6 +36,13 @@ class LeanSGD:
         for p in self.params:
             p.grad = None
 
+    def momentum_buffers(self) -> dict[int, torch.Tensor]:
+        """Momentum buffers by parameter position (for saving the optimizer elsewhere)."""
+        return {k: self._buffers[id(p)] for k, p in enumerate(self.params) if id(p) in self._buffers}
+
+    def load_momentum_buffers(self, buffers: dict[int, torch.Tensor]) -> None:
+        self._buffers = {id(self.params[k]): b.clone() for k, b in buffers.items()}
+
     @torch.no_grad()
     def step(self) -> None:
         params = [p for p in self.params if p.grad is not None]

@@ -1,0 +1,46 @@
+"""A party's state in a Flower node's ``Context.state``.
+
+Flower builds the ClientApp anew for every message, so nothing in the party's Python objects
+survives between messages; ``Context.state`` (a ``RecordDict`` kept per node) does. The party
+is rebuilt from its configuration on each message, its state restored from the context, the
+request answered, and the state written back. The autograd graph between an ``Embed`` and its
+``Backward`` cannot be stored, so such parties run with ``replay_backward``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from parties.party import Party
+
+ARRAYS, META = "party.arrays", "party.meta"
+
+
+def save_party(party: Party, state: RecordDict) -> None:
+    """Write ``party``'s state into a node's context state (replacing what was there)."""
+    tensors, meta = party.export_state()
+    # Flower's Array stores 0-d tensors (batch-norm counters, optimizer steps) with shape (1,).
+    scalars = [k for k, v in tensors.items() if v.ndim == 0]
+    state[ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v.detach().cpu().numpy())) for k, v in tensors.items()})
+    state[META] = ConfigRecord({"json": json.dumps({"party": meta, "scalars": scalars})})
+
+
+def restore_party(party: Party, state: RecordDict) -> bool:
+    """Load the state saved by :func:`save_party` into a freshly built ``party``.
+
+    Returns ``False`` (and leaves the party as built) when the context holds no state yet,
+    which is the case on a node's first message.
+    """
+    if ARRAYS not in state.array_records:
+        return False
+    arrays = state.array_records[ARRAYS]
+    tensors = {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in arrays.items()}
+    meta = json.loads(str(state.config_records[META]["json"]))
+    for key in meta["scalars"]:
+        tensors[key] = tensors[key].reshape(())
+    party.import_state(tensors, meta["party"])
+    return True
