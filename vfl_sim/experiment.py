@@ -44,6 +44,7 @@ from vfl_sim.protocol import LocalOp
 from vfl_sim.report import SCHEMA_VERSION, write_markdown
 from vfl_sim.runtimes.local import local_transport, party_shapes
 from vfl_sim.seeding import derive_seed, seed_everything, torch_generator
+from vfl_sim.transport import Transport
 
 log = logging.getLogger("vfl_sim")
 AUDITORS = ("output", "representation")
@@ -85,9 +86,10 @@ class Experiment:
 
     # -- building ------------------------------------------------------------------------------
 
-    def build_server(self) -> Server:
-        """Parties (behind the configured transport) and the server, freshly initialized."""
-        transport = local_transport(self.cfg, self.dataset, self.slices, self.device)
+    def build_server(self, transport: Transport | None = None) -> Server:
+        """The server, freshly initialized, talking to the parties through ``transport``
+        (default: in-process parties built here)."""
+        transport = transport or local_transport(self.cfg, self.dataset, self.slices, self.device)
         dims = [self.cfg.model.embedding_dim] * len(self.slices)  # every bottom ends in this width
         top = build_top(self.cfg.model, dims, self.dataset.num_classes)
         reset_parameters(top, self.top_seed)
@@ -102,11 +104,18 @@ class Experiment:
     # -- running -------------------------------------------------------------------------------
 
     def run(
-        self, out_dir: str | Path, *, progress: ProgressReporter | None = None, overwrite: bool = False
+        self,
+        out_dir: str | Path,
+        *,
+        progress: ProgressReporter | None = None,
+        overwrite: bool = False,
+        transport: Transport | None = None,
     ) -> dict[str, Any]:
         """Train the original, run every method, audit, and write the run folder.
 
-        Returns the report (also written as ``report.json``).
+        ``transport`` reaches parties that live elsewhere (Flower nodes, Ray actors); by
+        default the parties are built in this process. Returns the report (also written as
+        ``report.json``).
         """
         out = Path(out_dir)
         if out.exists() and any(out.iterdir()) and not overwrite:
@@ -115,7 +124,7 @@ class Experiment:
         out.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         try:
-            report = self._run(work, progress)
+            report = self._run(work, progress, transport)
             if out.exists():
                 shutil.rmtree(out)
             os.replace(work, out)
@@ -124,13 +133,13 @@ class Experiment:
             raise
         return report
 
-    def _run(self, work: Path, progress: ProgressReporter) -> dict[str, Any]:
+    def _run(self, work: Path, progress: ProgressReporter, transport: Transport | None) -> dict[str, Any]:
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
         (work / "config.yaml").write_text(dump_config(cfg))
-        server = self.build_server()
+        server = self.build_server(transport)
         train_ids = torch.from_numpy(self.dataset.train_ids)
         steps = len(make_batches(train_ids, cfg.train.batch_size, None))
 

@@ -14,19 +14,30 @@ from vfl_sim.seeding import derive_seed
 from vfl_sim.transport import LocalTransport
 
 
-def build_party(cfg: ExperimentConfig, dataset: VflDataset, part: PartySlice, device: torch.device) -> Party:
+def build_party(
+    cfg: ExperimentConfig,
+    dataset: VflDataset,
+    part: PartySlice,
+    device: torch.device,
+    *,
+    view: torch.Tensor | None = None,
+    replay_backward: bool = False,
+) -> Party:
     """A party holding its slice of every sample, with a freshly seeded bottom model.
 
-    The slice is cut from the dataset once; batches are gathered from it by id.
+    The slice is cut from the dataset once (or given as ``view``, already cut); batches are
+    gathered from it by id.
     """
-    view = part.take(dataset.features)
+    if view is None:
+        view = torch.from_numpy(part.take(dataset.features))
     bottom = build_bottom(cfg.model, tuple(view.shape[1:]))
     return Party(
         part.party_id,
-        torch.from_numpy(view),
+        view,
         bottom,
         init_seed=derive_seed(cfg.seed, "init", part.party_id),
         device=device,
+        replay_backward=replay_backward,
     )
 
 

@@ -1,0 +1,139 @@
+"""The Flower App's handlers and transport, driven in-process through real Flower messages.
+
+A stand-in Grid delivers each Message to the ClientApp of its node, each node keeping its
+own Context (and so its own ``Context.state``), as Flower's runtimes do. The real simulation
+and deployment runtimes start the same ``client_app`` and ``server_app``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+
+import pytest
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from tests.conftest import small_config
+from vfl_sim.experiment import prepare
+from vfl_sim.protocol import Backward, Embed, LocalOp
+from vfl_sim.runtimes import flower_app
+from vfl_sim.runtimes.flower_transport import FlowerTransport, PartyUnavailableError
+
+
+class InProcessGrid:
+    """Routes messages to ``flower_app.client_app``, one Context per node."""
+
+    def __init__(self, run_config: dict, partitions: list[int], *, drop: set[int] = frozenset()) -> None:
+        self.contexts = {
+            1000 + i: Context(
+                run_id=1, node_id=1000 + i, node_config={"partition-id": p}, state=RecordDict(), run_config=run_config
+            )
+            for i, p in enumerate(partitions)
+        }
+        self.drop = set(drop)  # node ids that stop answering
+        self.seen: list[Message] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterator[Message]:
+        for m in messages:
+            self.seen.append(m)
+            if m.metadata.dst_node_id in self.drop:
+                continue
+            try:
+                yield flower_app.client_app(m, self.contexts[m.metadata.dst_node_id])
+            except Exception as exc:  # Flower's runtimes turn a handler's exception into an error reply
+                yield Message(Error(code=0, reason=str(exc)), reply_to=m)
+
+
+@pytest.fixture(autouse=True)
+def _task_identity() -> Iterator[None]:
+    # Flower's runtimes set the run id of the process before any Message is built.
+    previous = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous
+
+
+def _cfg():
+    return small_config(
+        data={
+            "name": "synthetic",
+            "synthetic": {"samples": 300, "features": 12, "classes": 3, "informative_per_party": 2},
+        },
+        partition={"parties": 3},
+        train={"epochs": 2},
+    )
+
+
+def test_flower_run_matches_local_run(tmp_path) -> None:
+    cfg = _cfg()
+    local = prepare(cfg).run(tmp_path / "local")
+    grid = InProcessGrid(flower_app.run_config_for(cfg, str(tmp_path / "flower")), [2, 0, 1])
+    transport = FlowerTransport(grid, ["party_0", "party_1", "party_2"], connect_timeout=5)
+    assert transport.nodes == {"party_0": 1001, "party_1": 1002, "party_2": 1000}
+    flower = prepare(cfg).run(tmp_path / "flower", transport=transport)
+    for name, model in local["models"].items():
+        for key, value in model["output"].items():
+            other = flower["models"][name]["output"][key]
+            assert (value is None and other is None) or abs(value - other) <= 1e-4, (name, key)
+        assert flower["models"][name]["representation"]["fused"]["lpr"] == pytest.approx(
+            model["representation"]["fused"]["lpr"], abs=1e-4
+        )
+    assert sum(transport.flower_bytes_to_server.values()) > 0
+
+
+def test_privacy_of_messages(tmp_path) -> None:
+    """Parties receive ids, flags, operation names and gradients; never labels or features."""
+    cfg = _cfg()
+    exp = prepare(cfg)
+    grid = InProcessGrid(flower_app.run_config_for(cfg, str(tmp_path / "run")), [0, 1, 2])
+    transport = FlowerTransport(grid, ["party_0", "party_1", "party_2"], connect_timeout=5)
+    server = exp.build_server(transport)
+    server.train_epochs(
+        exp.forget.retain_ids[:96], epochs=1, batch_size=32, optim=cfg.train, generator=__import__("torch").Generator()
+    )
+    server.save_state("original")
+    for m in grid.seen:
+        for rec in m.content.array_records.values():
+            assert set(rec.keys()) <= {"ids", "grad", "then_ids"}
+        for rec in m.content.config_records.values():
+            text = json.dumps({k: str(v) for k, v in rec.items()})
+            assert "label" not in text
+    kinds = {m.metadata.message_type for m in grid.seen}
+    assert kinds <= {"query.hello", "query.embed", "train.backward", "train.local_op"}
+
+
+def test_missing_party_is_named_after_timeout(tmp_path) -> None:
+    grid = InProcessGrid(flower_app.run_config_for(_cfg(), str(tmp_path)), [0, 2])
+    with pytest.raises(PartyUnavailableError, match=r"parties party_1 did not connect within 1s \(2 of 3 connected\)"):
+        FlowerTransport(grid, ["party_0", "party_1", "party_2"], connect_timeout=1, poll_interval=0.1)
+
+
+def test_party_that_stops_answering_is_an_error(tmp_path) -> None:
+    grid = InProcessGrid(flower_app.run_config_for(_cfg(), str(tmp_path)), [0, 1, 2])
+    transport = FlowerTransport(grid, ["party_0", "party_1", "party_2"], connect_timeout=5, round_timeout=1)
+    grid.drop.add(1001)
+    with pytest.raises(PartyUnavailableError, match="no reply from party_1"):
+        transport.broadcast(LocalOp("digest"))
+
+
+def test_node_without_partition_id(tmp_path) -> None:
+    grid = InProcessGrid(flower_app.run_config_for(_cfg(), str(tmp_path)), [0])
+    grid.contexts[1000].node_config.clear()
+    with pytest.raises(PartyUnavailableError, match="node 1000 answered: this SuperNode has no partition-id"):
+        FlowerTransport(grid, ["party_0"], connect_timeout=1, poll_interval=0.1)
+
+
+def test_protocol_requests_survive_the_app(tmp_path) -> None:
+    import torch
+
+    grid = InProcessGrid(flower_app.run_config_for(_cfg(), str(tmp_path)), [0, 1, 2])
+    transport = FlowerTransport(grid, ["party_0", "party_1", "party_2"], connect_timeout=5)
+    replies = transport.broadcast(Embed(torch.arange(5), train=False, layers=True))
+    assert replies["party_0"].embedding.shape == (5, 32)
+    assert set(replies["party_0"].layers) == {"fc1", "embedding"}
+    with pytest.raises(PartyUnavailableError, match="answered with an error"):
+        transport.exchange({"party_0": Backward(torch.zeros(5, 32))})  # no training Embed before it

@@ -1,0 +1,117 @@
+"""The Flower App: each passive party is a ClientApp node, the server is the ServerApp.
+
+The ClientApp has one handler per protocol message type. Flower builds it anew for every
+message, so each handler rebuilds the party from the run's config and the node's
+``partition-id``, restores its state from ``Context.state``, answers, and saves the state
+back (:mod:`vfl_sim.runtimes.flower_state`). The party's feature slice is cached per process:
+rebuilding it is pure (same config, same slice), so a cache only saves time.
+
+The run's config travels in the Flower run config as one JSON string (``vfl-config``), with
+the run folder (``out-dir``) and the timeouts beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+import torch
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from parties.party import Party
+from vfl_sim.config import ExperimentConfig, config_from_dict
+from vfl_sim.data.loaders import load_dataset
+from vfl_sim.data.partition import partition_features
+from vfl_sim.runtimes.flower_codec import decode_request, encode_reply
+from vfl_sim.runtimes.flower_state import restore_party, save_party
+from vfl_sim.runtimes.flower_transport import FlowerTransport, hello_reply
+from vfl_sim.runtimes.local import build_party
+from vfl_sim.seeding import derive_seed
+
+CONFIG_KEY, OUT_KEY = "vfl-config", "out-dir"
+
+
+def run_config_for(cfg: ExperimentConfig, out_dir: str, **extra: Any) -> dict[str, Any]:
+    """The Flower run config that carries an experiment (flat keys, as Flower requires)."""
+    return {CONFIG_KEY: json.dumps(cfg.model_dump(mode="json")), OUT_KEY: out_dir, **extra}
+
+
+@lru_cache(maxsize=8)
+def _party_inputs(config_json: str, partition_id: int) -> tuple[ExperimentConfig, Any, Any, torch.Tensor]:
+    cfg = config_from_dict(json.loads(config_json))
+    dataset = load_dataset(cfg.data, parties=cfg.partition.parties, seed=cfg.seed)
+    slices = partition_features(cfg.partition, dataset.sample_shape, derive_seed(cfg.seed, "partition"))
+    if not 0 <= partition_id < len(slices):
+        raise ValueError(f"partition-id {partition_id} is out of range for {len(slices)} parties")
+    part = slices[partition_id]
+    return cfg, dataset, part, torch.from_numpy(part.take(dataset.features))
+
+
+def _partition_id(context: Context) -> int:
+    if "partition-id" not in context.node_config:
+        raise ValueError("this SuperNode has no partition-id; start it with --node-config 'partition-id=K'")
+    return int(context.node_config["partition-id"])
+
+
+def _party(context: Context) -> Party:
+    cfg, dataset, part, view = _party_inputs(str(context.run_config[CONFIG_KEY]), _partition_id(context))
+    party = build_party(cfg, dataset, part, torch.device("cpu"), view=view, replay_backward=True)
+    restore_party(party, context.state)
+    return party
+
+
+client_app = ClientApp()
+
+
+def _answer(message: Message, context: Context) -> Message:
+    party = _party(context)
+    reply = party.handle(decode_request(message.metadata.message_type, message.content))
+    save_party(party, context.state)
+    return Message(encode_reply(reply), reply_to=message)
+
+
+@client_app.query("hello")
+def hello(message: Message, context: Context) -> Message:
+    """Discovery: tell the server which party this node is."""
+    return hello_reply(message, _partition_id(context))
+
+
+@client_app.query("embed")
+def embed(message: Message, context: Context) -> Message:
+    """``Embed``: this party's embeddings of the requested sample ids."""
+    return _answer(message, context)
+
+
+@client_app.train("backward")
+def backward(message: Message, context: Context) -> Message:
+    """``Backward``: apply the gradient of this party's embedding (and embed the next batch)."""
+    return _answer(message, context)
+
+
+@client_app.train("local_op")
+def local_op(message: Message, context: Context) -> Message:
+    """``LocalOp``: a registered party-side operation."""
+    return _answer(message, context)
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run the experiment in the run config with the parties behind Flower nodes."""
+    from vfl_sim.data.partition import party_ids
+    from vfl_sim.experiment import prepare
+
+    cfg = config_from_dict(json.loads(str(context.run_config[CONFIG_KEY])))
+    exp = prepare(cfg)
+    transport = FlowerTransport(
+        grid,
+        party_ids(cfg.partition.parties),
+        connect_timeout=float(context.run_config.get("connect-timeout", 120.0)),
+        round_timeout=float(context.run_config.get("round-timeout", 120.0)),
+    )
+    exp.run(str(context.run_config[OUT_KEY]), transport=transport, overwrite=True)

@@ -1,0 +1,121 @@
+"""The server's side of the Flower runtime: protocol rounds as Flower messages on a ``Grid``.
+
+One :meth:`FlowerTransport.exchange` is one ``Grid.send_and_receive`` call carrying one
+message per addressed party. Parties are found by asking every connected node for its
+``partition-id`` (Flower does not expose node configs to the ServerApp); the transport waits
+until all of them are connected and fails with the missing party ids after a timeout instead
+of hanging. Bytes are counted with Flower's own ``count_bytes`` of each message's records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from vfl_sim.protocol import Reply, Request
+from vfl_sim.runtimes.flower_codec import content_nbytes, decode_reply, encode_request
+from vfl_sim.transport import Transport
+
+HELLO = "query.hello"
+
+
+class PartyUnavailableError(RuntimeError):
+    """A party did not connect, or stopped answering, within the configured time."""
+
+
+class FlowerTransport(Transport):
+    """Protocol rounds over a Flower ``Grid``.
+
+    Parameters
+    ----------
+    grid
+        The ServerApp's grid.
+    party_ids
+        Parties in order; party ``k`` is the node whose ``node_config["partition-id"]`` is ``k``.
+    connect_timeout
+        Seconds to wait for every party's node to connect.
+    round_timeout
+        Seconds to wait for the replies of one round.
+    poll_interval
+        Seconds between looks at the connected nodes while waiting.
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        party_ids: list[str],
+        *,
+        connect_timeout: float = 120.0,
+        round_timeout: float = 120.0,
+        poll_interval: float = 0.5,
+    ) -> None:
+        super().__init__(party_ids)
+        self.grid = grid
+        self.round_timeout = round_timeout
+        # Flower's own count of the message contents, beside the protocol's count in ``stats``.
+        self.flower_bytes_to_parties: dict[str, int] = {}
+        self.flower_bytes_to_server: dict[str, int] = {}
+        self.nodes = self._discover(connect_timeout, poll_interval)
+
+    def _discover(self, timeout: float, poll: float) -> dict[str, int]:
+        """Map every party id to its node id, waiting for late nodes up to ``timeout``."""
+        deadline = time.monotonic() + timeout
+        nodes: dict[str, int] = {}
+        asked: set[int] = set()
+        errors: dict[int, str] = {}
+        while True:
+            new = [nid for nid in self.grid.get_node_ids() if nid not in asked]
+            if new:
+                hellos = [Message(RecordDict(), dst_node_id=nid, message_type=HELLO) for nid in new]
+                for reply in self.grid.send_and_receive(hellos, timeout=max(1.0, deadline - time.monotonic())):
+                    if reply.has_error():
+                        errors[reply.metadata.src_node_id] = str(reply.error.reason)
+                        continue
+                    asked.add(reply.metadata.src_node_id)
+                    pid = int(str(reply.content.config_records["hello"]["partition-id"]))
+                    if 0 <= pid < len(self.party_ids):
+                        nodes[self.party_ids[pid]] = reply.metadata.src_node_id
+            if len(nodes) == len(self.party_ids):
+                return nodes
+            if time.monotonic() >= deadline:
+                missing = [pid for pid in self.party_ids if pid not in nodes]
+                failed = "".join(f"; node {nid} answered: {reason}" for nid, reason in errors.items())
+                raise PartyUnavailableError(
+                    f"parties {', '.join(missing)} did not connect within {timeout:.0f}s "
+                    f"({len(nodes)} of {len(self.party_ids)} connected); start a SuperNode with "
+                    f"--node-config 'partition-id=K' for each{failed}"
+                )
+            time.sleep(poll)
+
+    def _exchange(self, requests: Mapping[str, Request]) -> dict[str, Reply]:
+        messages = []
+        for pid, request in requests.items():
+            kind, content = encode_request(request)
+            messages.append(Message(content, dst_node_id=self.nodes[pid], message_type=kind))
+        by_node = {self.nodes[pid]: pid for pid in requests}
+        replies: dict[str, Reply] = {}
+        for reply in self.grid.send_and_receive(messages, timeout=self.round_timeout):
+            pid = by_node[reply.metadata.src_node_id]
+            if reply.has_error():
+                raise PartyUnavailableError(f"{pid} answered with an error: {reply.error.reason}")
+            replies[pid] = decode_reply(reply.content)
+            self._count(pid, messages, reply)
+        missing = [pid for pid in requests if pid not in replies]
+        if missing:
+            raise PartyUnavailableError(
+                f"no reply from {', '.join(missing)} within {self.round_timeout:.0f}s; the party may have stopped"
+            )
+        return replies
+
+    def _count(self, pid: str, messages: list[Message], reply: Message) -> None:
+        sent = next(m for m in messages if m.metadata.dst_node_id == self.nodes[pid])
+        self.flower_bytes_to_parties[pid] = self.flower_bytes_to_parties.get(pid, 0) + content_nbytes(sent.content)
+        self.flower_bytes_to_server[pid] = self.flower_bytes_to_server.get(pid, 0) + content_nbytes(reply.content)
+
+
+def hello_reply(message: Message, partition_id: int) -> Message:
+    """The ClientApp's answer to the discovery query."""
+    return Message(RecordDict({"hello": ConfigRecord({"partition-id": partition_id})}), reply_to=message)
