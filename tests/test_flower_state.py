@@ -102,7 +102,7 @@ def test_first_message_finds_no_state() -> None:
 
 def test_graph_mode_party_refuses_export() -> None:
     local, _ = _servers(small_config())
-    party = next(iter(local.transport._parties.values()))  # type: ignore[attr-defined]
+    party = next(iter(local.transport.parties.values()))  # type: ignore[attr-defined]
     party.replay_backward = False
     from vfl_sim.protocol import Embed
 

@@ -35,7 +35,7 @@ def _trained(exp: Experiment):
 def _record_ids(server) -> list[torch.Tensor]:
     """Every sample id any party is asked to embed, for training or otherwise."""
     seen: list[torch.Tensor] = []
-    for party in server.transport._parties.values():
+    for party in server.transport.parties.values():
         original = party.handle
 
         def spy(request, _orig=original):

@@ -19,7 +19,7 @@ from vfl_sim.protocol import Backward, Embed, EmbedReply
 
 
 def _parties(exp_server) -> list[Party]:
-    return list(exp_server.transport._parties.values())
+    return list(exp_server.transport.parties.values())
 
 
 def _twin(exp: Experiment):

@@ -44,7 +44,7 @@ def bench_case(cfg: ExperimentConfig, *, epochs: int, repeats: int) -> dict[str,
     exp = prepare(cfg.model_copy(update={"methods": []}))
     seed_everything(cfg.seed)
     server = exp.build_server()
-    parties: list[Party] = list(server.transport._parties.values())  # type: ignore[attr-defined]
+    parties: list[Party] = list(server.transport.parties.values())  # type: ignore[attr-defined]
     mono = MonolithicModel([copy.deepcopy(p.bottom) for p in parties], copy.deepcopy(server.top), cfg.model.fusion)
     labels = server.labels
     features = [p.features for p in parties]

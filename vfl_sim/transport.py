@@ -100,5 +100,10 @@ class LocalTransport(Transport):
         super().__init__(list(parties))
         self._parties = dict(parties)
 
+    @property
+    def parties(self) -> dict[str, PartyEndpoint]:
+        """The in-process party objects, by id (for benchmarks and tests that inspect them)."""
+        return dict(self._parties)
+
     def _exchange(self, requests: Mapping[str, Request]) -> dict[str, Reply]:
         return {pid: self._parties[pid].handle(req) for pid, req in requests.items()}
