@@ -18,6 +18,7 @@ from tests.conftest import small_config
 from vfl_sim.experiment import prepare
 from vfl_sim.protocol import Backward, Embed, LocalOp
 from vfl_sim.runtimes import flower_app
+from vfl_sim.runtimes import flower_state as flower_app_state
 from vfl_sim.runtimes.flower_transport import FlowerTransport, PartyUnavailableError
 
 
@@ -137,3 +138,23 @@ def test_protocol_requests_survive_the_app(tmp_path) -> None:
     assert set(replies["party_0"].layers) == {"fc1", "embedding"}
     with pytest.raises(PartyUnavailableError, match="answered with an error"):
         transport.exchange({"party_0": Backward(torch.zeros(5, 32))})  # no training Embed before it
+
+
+def test_party_is_rebuilt_when_state_changed_elsewhere(tmp_path) -> None:
+    """A resident party is reused only while the node's state is the one it saved."""
+    import torch
+
+    grid = InProcessGrid(flower_app.run_config_for(_cfg(), str(tmp_path)), [0])
+    transport = FlowerTransport(grid, ["party_0"], connect_timeout=5)
+    transport.broadcast(LocalOp("save_state", {"name": "a"}))
+    context = grid.contexts[1000]
+    stale = flower_app._party(context)
+    assert flower_app._party(context) is stale  # nothing changed: reused
+    other = RecordDict()
+    other[flower_app_state.ARRAYS] = context.state[flower_app_state.ARRAYS]
+    other[flower_app_state.META] = context.state[flower_app_state.META]
+    with torch.no_grad():
+        next(stale.bottom.parameters()).add_(1.0)  # diverge the resident copy
+    flower_app_state.save_party(flower_app._party(context), other)  # another process saves: new stamp
+    context.state = other
+    assert flower_app._party(context) is not stale

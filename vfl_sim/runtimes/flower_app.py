@@ -26,7 +26,7 @@ from vfl_sim.config import ExperimentConfig, config_from_dict
 from vfl_sim.data.loaders import load_dataset
 from vfl_sim.data.partition import partition_features
 from vfl_sim.runtimes.flower_codec import decode_request, encode_reply
-from vfl_sim.runtimes.flower_state import restore_party, save_party
+from vfl_sim.runtimes.flower_state import restore_party, save_party, state_stamp
 from vfl_sim.runtimes.flower_transport import FlowerTransport, hello_reply
 from vfl_sim.runtimes.local import build_party
 from vfl_sim.seeding import derive_seed
@@ -56,11 +56,26 @@ def _partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
+# The party this process answered for last, per node, with the state stamp it saved. When the
+# node's Context.state still carries that stamp, nothing has happened to the party elsewhere and
+# it is reused as is; otherwise (a new process, another run) it is rebuilt from the state.
+_RESIDENT: dict[tuple[int, int], tuple[int, Party]] = {}
+
+
 def _party(context: Context) -> Party:
+    key = (context.run_id, context.node_id)
+    resident = _RESIDENT.get(key)
+    if resident is not None and resident[0] == state_stamp(context.state):
+        return resident[1]
     cfg, dataset, part, view = _party_inputs(str(context.run_config[CONFIG_KEY]), _partition_id(context))
     party = build_party(cfg, dataset, part, torch.device("cpu"), view=view, replay_backward=True)
     restore_party(party, context.state)
     return party
+
+
+def _keep(context: Context, party: Party) -> None:
+    save_party(party, context.state)
+    _RESIDENT[(context.run_id, context.node_id)] = (state_stamp(context.state), party)
 
 
 client_app = ClientApp()
@@ -69,7 +84,7 @@ client_app = ClientApp()
 def _answer(message: Message, context: Context) -> Message:
     party = _party(context)
     reply = party.handle(decode_request(message.metadata.message_type, message.content))
-    save_party(party, context.state)
+    _keep(context, party)
     return Message(encode_reply(reply), reply_to=message)
 
 

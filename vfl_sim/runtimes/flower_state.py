@@ -10,6 +10,7 @@ request answered, and the state written back. The autograd graph between an ``Em
 from __future__ import annotations
 
 import json
+import secrets
 
 import numpy as np
 import torch
@@ -26,7 +27,18 @@ def save_party(party: Party, state: RecordDict) -> None:
     # Flower's Array stores 0-d tensors (batch-norm counters, optimizer steps) with shape (1,).
     scalars = [k for k, v in tensors.items() if v.ndim == 0]
     state[ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v.detach().cpu().numpy())) for k, v in tensors.items()})
-    state[META] = ConfigRecord({"json": json.dumps({"party": meta, "scalars": scalars})})
+    state[META] = ConfigRecord({"json": json.dumps({"party": meta, "scalars": scalars}), "stamp": secrets.randbits(62)})
+
+
+def state_stamp(state: RecordDict) -> int:
+    """A number that changes with every :func:`save_party` into ``state`` (0: nothing saved).
+
+    Random rather than counted, so that stamps written by different processes serving the same
+    node cannot coincide.
+    """
+    if META not in state.config_records:
+        return 0
+    return int(str(state.config_records[META]["stamp"]))
 
 
 def restore_party(party: Party, state: RecordDict) -> bool:
