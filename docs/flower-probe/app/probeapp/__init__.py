@@ -1,0 +1,1 @@
+"""Flower 1.41 probe app."""
