@@ -216,8 +216,7 @@ class Party:
 
         self.bottom.load_state_dict(group("model/"))
         self.states = {name: group(f"snapshot/{name}/") for name in meta["snapshots"]}
-        self.optimizer = self.scheduler = None
-        self.phase = None
+        self.end_phase()
         if meta.get("phase") is not None:
             _configure(self, **meta["phase"])
         if self.optimizer is not None:
@@ -235,13 +234,19 @@ class Party:
                 g["lr"] = lr
         if self.scheduler is not None:
             self.scheduler.t = int(meta["schedule_step"])
-        self._replay = None
         if "replay/ids" in tensors:
             self._replay = _Replay(tensors["replay/ids"], tensors["replay/rng"], group("replay/buf/"))
 
     def reset_parameters(self, seed: int) -> None:
         """Re-initialize the bottom model as a fresh model seeded with ``seed``."""
         reset_parameters(self.bottom, seed)
+        self.end_phase()
+
+    def end_phase(self) -> None:
+        """Drop the optimizer, schedule and any pending backward of the current phase: the
+        model changed under them (a reset, a loaded snapshot), or a new phase starts."""
+        self.optimizer = self.scheduler = None
+        self.phase = None
         self._pending = self._replay = None
 
 
@@ -249,12 +254,12 @@ class Party:
 def _configure(party: Party, optim: dict[str, Any], total_steps: int = 0, trainable: str = "all") -> None:
     """Set up a fresh optimizer (and schedule over ``total_steps``) for the next phase."""
     cfg = OptimConfig.model_validate(optim)
+    party.end_phase()
     for p in party.bottom.parameters():
         p.requires_grad_(trainable == "all")
     party.optimizer = build_optimizer(party.bottom.parameters(), cfg) if trainable == "all" else None
     party.scheduler = build_scheduler(party.optimizer, cfg.schedule, total_steps) if party.optimizer else None
     party.phase = {"optim": optim, "total_steps": total_steps, "trainable": trainable}
-    party._pending = party._replay = None
 
 
 @party_op("save_state")
@@ -267,15 +272,12 @@ def _load_state(party: Party, name: str) -> None:
     if name not in party.states:
         raise KeyError(f"{party.party_id}: no saved state '{name}'")
     party.bottom.load_state_dict(party.states[name])
-    party.optimizer = party.scheduler = None
-    party.phase = None
-    party._pending = party._replay = None
+    party.end_phase()
 
 
 @party_op("reset")
 def _reset(party: Party, seed: int | None = None) -> None:
     party.reset_parameters(party.init_seed if seed is None else seed)
-    party.optimizer = party.scheduler = None
 
 
 @party_op("checkpoint")

@@ -91,18 +91,18 @@ class FlowerTransport(Transport):
             time.sleep(poll)
 
     def _exchange(self, requests: Mapping[str, Request]) -> dict[str, Reply]:
-        messages = []
+        sent: dict[str, Message] = {}
         for pid, request in requests.items():
             kind, content = encode_request(request)
-            messages.append(Message(content, dst_node_id=self.nodes[pid], message_type=kind))
+            sent[pid] = Message(content, dst_node_id=self.nodes[pid], message_type=kind)
         by_node = {self.nodes[pid]: pid for pid in requests}
         replies: dict[str, Reply] = {}
-        for reply in self.grid.send_and_receive(messages, timeout=self.round_timeout):
+        for reply in self.grid.send_and_receive(list(sent.values()), timeout=self.round_timeout):
             pid = by_node[reply.metadata.src_node_id]
             if reply.has_error():
                 raise PartyUnavailableError(f"{pid} answered with an error: {reply.error.reason}")
             replies[pid] = decode_reply(reply.content)
-            self._count(pid, messages, reply)
+            self._count(pid, sent[pid], reply)
         missing = [pid for pid in requests if pid not in replies]
         if missing:
             raise PartyUnavailableError(
@@ -110,8 +110,7 @@ class FlowerTransport(Transport):
             )
         return replies
 
-    def _count(self, pid: str, messages: list[Message], reply: Message) -> None:
-        sent = next(m for m in messages if m.metadata.dst_node_id == self.nodes[pid])
+    def _count(self, pid: str, sent: Message, reply: Message) -> None:
         self.flower_bytes_to_parties[pid] = self.flower_bytes_to_parties.get(pid, 0) + content_nbytes(sent.content)
         self.flower_bytes_to_server[pid] = self.flower_bytes_to_server.get(pid, 0) + content_nbytes(reply.content)
 
