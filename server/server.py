@@ -49,8 +49,17 @@ def make_batches(ids: torch.Tensor, batch_size: int, generator: torch.Generator 
     order = ids[torch.randperm(ids.numel(), generator=generator)] if generator is not None else ids
     batches = list(torch.split(order, batch_size))
     if len(batches) > 1 and batches[-1].numel() == 1:
-        batches[-2] = torch.cat([batches[-2], batches.pop()])
+        last = batches.pop()  # pop before indexing: the assignment target must be the new last batch
+        batches[-1] = torch.cat([batches[-1], last])
     return batches
+
+
+def count_batches(n: int, batch_size: int) -> int:
+    """How many minibatches :func:`make_batches` cuts ``n`` samples into (steps per epoch)."""
+    full, rest = divmod(n, batch_size)
+    if rest == 1 and full > 0:
+        return full  # the single leftover sample joins the last full batch
+    return full + (rest > 0)
 
 
 class Server:
@@ -139,7 +148,7 @@ class Server:
         ids = ids.to(torch.int64).cpu()
         if ids.numel() == 0:
             raise ValueError("no samples to train on")
-        steps_per_epoch = len(make_batches(ids, batch_size, None))
+        steps_per_epoch = count_batches(ids.numel(), batch_size)
         self.configure(optim, epochs * steps_per_epoch, parties=update_parties, top=update_top)
         for _ in range(epochs):
             self.run_epoch(

@@ -147,3 +147,13 @@ def test_embed_reply_is_detached(digits_experiment: Experiment) -> None:
     reply = server.transport.broadcast(Embed(torch.arange(8), train=True))["party_0"]
     assert isinstance(reply, EmbedReply)
     assert reply.embedding.grad_fn is None
+
+
+@pytest.mark.parametrize("n", [1, 2, 63, 64, 65, 66, 127, 128, 129, 1438])
+def test_count_batches_matches_make_batches(n: int) -> None:
+    from server.server import count_batches
+
+    batches = make_batches(torch.arange(n), 64, None)
+    assert count_batches(n, 64) == len(batches)
+    assert all(b.numel() > 1 for b in batches) or n == 1
+    assert torch.equal(torch.cat(batches), torch.arange(n))

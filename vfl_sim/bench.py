@@ -38,7 +38,7 @@ DEFAULT_CASES: dict[str, dict[str, Any]] = {
 def bench_case(cfg: ExperimentConfig, *, epochs: int, repeats: int) -> dict[str, Any]:
     """Time ``epochs`` training epochs, split vs monolithic, ``repeats`` times (interleaved)."""
     from parties.party import Party
-    from server.server import make_batches
+    from server.server import count_batches, make_batches
     from vfl_sim.experiment import prepare
 
     exp = prepare(cfg.model_copy(update={"methods": []}))
@@ -49,7 +49,7 @@ def bench_case(cfg: ExperimentConfig, *, epochs: int, repeats: int) -> dict[str,
     labels = server.labels
     features = [p.features for p in parties]
     train_ids = torch.from_numpy(exp.dataset.train_ids)
-    steps = len(make_batches(train_ids, cfg.train.batch_size, None))
+    steps = count_batches(train_ids.numel(), cfg.train.batch_size)
 
     def split_epochs() -> float:
         gen = torch_generator(1)

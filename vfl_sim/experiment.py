@@ -30,7 +30,7 @@ from audits.representation import RepresentationAuditor, probe_samples
 from server.coordinator import ORIGINAL, UnlearningCoordinator, resolve_forget_request
 from server.methods.base import ForgetSet, UnlearningMethod
 from server.methods.registry import build_method
-from server.server import Server, make_batches
+from server.server import Server, count_batches
 from vfl_sim import __version__
 from vfl_sim.config import ExperimentConfig, dump_config
 from vfl_sim.data.dataset import VflDataset
@@ -141,7 +141,7 @@ class Experiment:
         (work / "config.yaml").write_text(dump_config(cfg))
         server = self.build_server(transport)
         train_ids = torch.from_numpy(self.dataset.train_ids)
-        steps = len(make_batches(train_ids, cfg.train.batch_size, None))
+        steps = count_batches(train_ids.numel(), cfg.train.batch_size)
 
         log.info("training the original model on %d samples, %d parties", train_ids.numel(), len(self.slices))
         start = time.perf_counter()

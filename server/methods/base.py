@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.server import Server, make_batches
+from server.server import Server, count_batches
 from vfl_sim.config import OptimConfig, TrainConfig
 
 
@@ -77,7 +77,7 @@ class UnlearningContext:
 
     def steps(self, ids: torch.Tensor, epochs: int, batch_size: int | None = None) -> int:
         """Number of optimizer steps of a phase over ``ids`` (for progress bars)."""
-        return epochs * len(make_batches(ids, batch_size or self.train.batch_size, None))
+        return epochs * count_batches(ids.numel(), batch_size or self.train.batch_size)
 
     def phase(self, params: PhaseParams, ids: torch.Tensor, **kwargs: Any) -> None:
         """Run one split-learning phase over ``ids`` with a method's optimizer settings."""
