@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from vfl_sim.errors import RegistryError
+from vfl_sim.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -83,30 +83,24 @@ class Auditor(ABC):
 
 
 A = TypeVar("A", bound=type[Auditor])
-_AUDITORS: dict[str, type[Auditor]] = {}
+AUDITORS: Registry[Auditor] = Registry("auditor", Auditor)
 
 
 def register_auditor(name: str) -> Callable[[A], A]:
     """Class decorator: make an :class:`Auditor` subclass available as ``name``."""
 
     def wrap(cls: A) -> A:
-        if name in _AUDITORS and _AUDITORS[name] is not cls:
-            raise ValueError(f"an auditor named '{name}' is already registered")
-        cls.name = name
+        AUDITORS.register(name)(cls)
         if not cls.section:
             cls.section = name
-        _AUDITORS[name] = cls
         return cls
 
     return wrap
 
 
 def available_auditors() -> list[str]:
-    return sorted(_AUDITORS)
+    return AUDITORS.names()
 
 
 def get_auditor(name: str) -> type[Auditor]:
-    try:
-        return _AUDITORS[name]
-    except KeyError:
-        raise RegistryError(f"unknown auditor '{name}'; available: {', '.join(available_auditors())}") from None
+    return AUDITORS.get(name)

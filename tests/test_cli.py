@@ -296,7 +296,7 @@ def test_tiny_dataset_fails_cleanly_or_runs(tiny: Path, tmp_path: Path, capsys: 
 
 def test_readme_plugin_method_runs_from_yaml(tmp_path, monkeypatch) -> None:
     """The README's extension example: a user module listed under plugins adds a method."""
-    from server.methods.registry import _METHODS
+    from server.methods.registry import METHODS as METHOD_REGISTRY
 
     (tmp_path / "mymethods_readme.py").write_text(
         "import torch.nn.functional as F\n"
@@ -323,5 +323,5 @@ def test_readme_plugin_method_runs_from_yaml(tmp_path, monkeypatch) -> None:
         assert set(report["models"]) == {"original", "retrain", "label_flip"}
         assert report["models"]["label_flip"]["output"]["forget_train_acc"] < 0.5
     finally:
-        _METHODS.pop("label_flip", None)
+        METHOD_REGISTRY.unregister("label_flip")
         sys.modules.pop("mymethods_readme", None)

@@ -13,7 +13,7 @@ from server.methods import (
     build_method,
     register_method,
 )
-from server.methods.registry import _METHODS
+from server.methods.registry import METHODS
 from vfl_sim.errors import ConfigError, RegistryError
 from vfl_sim.experiment import Experiment
 from vfl_sim.protocol import Backward, Embed
@@ -135,7 +135,7 @@ def test_user_method_registers_and_runs(digits_experiment: Experiment) -> None:
         ):
             build_method("test_scale_top", {"bogus": 1}, "class")
     finally:
-        _METHODS.pop("test_scale_top", None)
+        METHODS.unregister("test_scale_top")
 
 
 def test_unknown_method_lists_available() -> None:

@@ -8,39 +8,28 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from server.methods.base import UnlearningMethod
-from vfl_sim.errors import ConfigError, RegistryError
+from vfl_sim.errors import ConfigError
+from vfl_sim.registry import Registry
 
 M = TypeVar("M", bound=type[UnlearningMethod])
-_METHODS: dict[str, type[UnlearningMethod]] = {}
+METHODS: Registry[UnlearningMethod] = Registry(
+    "unlearning method",
+    UnlearningMethod,
+    "add your own with @register_method and list its module under plugins",
+)
 
 
 def register_method(name: str) -> Callable[[M], M]:
     """Class decorator: make an :class:`UnlearningMethod` subclass available as ``name``."""
-
-    def wrap(cls: M) -> M:
-        if not (isinstance(cls, type) and issubclass(cls, UnlearningMethod)):
-            raise TypeError(f"@register_method('{name}') needs a subclass of UnlearningMethod")
-        if name in _METHODS and _METHODS[name] is not cls:
-            raise ValueError(f"an unlearning method named '{name}' is already registered")
-        cls.name = name
-        _METHODS[name] = cls
-        return cls
-
-    return wrap
+    return METHODS.register(name)
 
 
 def available_methods() -> list[str]:
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def get_method(name: str) -> type[UnlearningMethod]:
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise RegistryError(
-            f"unknown unlearning method '{name}'; available: {', '.join(available_methods())} "
-            "(add your own with @register_method and list its module under plugins)"
-        ) from None
+    return METHODS.get(name)
 
 
 def build_method(name: str, params: dict[str, Any], request_kind: str) -> UnlearningMethod:
