@@ -34,19 +34,27 @@ class InProcessGrid:
         }
         self.drop = set(drop)  # node ids that stop answering
         self.seen: list[Message] = []
+        self.replies: dict[str, Message] = {}
 
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterator[Message]:
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        ids = []
         for m in messages:
+            m.metadata.__dict__["_message_id"] = f"m{len(self.seen)}"
             self.seen.append(m)
+            ids.append(m.metadata.message_id)
             if m.metadata.dst_node_id in self.drop:
                 continue
             try:
-                yield flower_app.client_app(m, self.contexts[m.metadata.dst_node_id])
+                self.replies[m.metadata.message_id] = flower_app.client_app(m, self.contexts[m.metadata.dst_node_id])
             except Exception as exc:  # Flower's runtimes turn a handler's exception into an error reply
-                yield Message(Error(code=0, reason=str(exc)), reply_to=m)
+                self.replies[m.metadata.message_id] = Message(Error(code=0, reason=str(exc)), reply_to=m)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self.replies.pop(mid) for mid in list(message_ids) if mid in self.replies]
 
 
 @pytest.fixture(autouse=True)

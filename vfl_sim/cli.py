@@ -115,12 +115,32 @@ def _run(cfg: Any, out: Path | None, overwrite: bool, quiet: bool) -> int:
     console = _setup_logging(quiet)
     exp = prepare(cfg)
     out = out or _default_out(cfg.name)
-    report = exp.run(out, progress=ProgressReporter(enabled=not quiet, console=console), overwrite=overwrite)
+    if cfg.runtime == "local":
+        report = exp.run(out, progress=ProgressReporter(enabled=not quiet, console=console), overwrite=overwrite)
+    else:
+        from vfl_sim.experiment import check_out_dir
+        from vfl_sim.runtimes.flower_runtime import run_on_flower
+
+        check_out_dir(out, overwrite)  # before any process starts
+        log.info("starting the %s runtime (%d parties)", cfg.runtime, cfg.partition.parties)
+        report = run_on_flower(cfg, out, overwrite=overwrite, on_line=None if quiet else _relay(console))
     # The table needs ~110 columns; rich assumes 80 when stdout is not a terminal.
     print_results(report, Console(width=max(Console().width, 112)))
     if not quiet:
         console.print(f"run folder: {out} (report.json, report.md, config.yaml, checkpoints/)")
     return 0
+
+
+def _relay(console: Console) -> Any:
+    """Show the ServerApp's own lines from a Flower run's log stream (the rest is in
+    ``flower_logs/`` of the run folder)."""
+    prefix = "vfl-sim: "
+
+    def show(line: str) -> None:
+        if line.startswith(prefix):
+            console.print(Text.assemble(("server ", "dim"), line[len(prefix) :]), highlight=False)
+
+    return show
 
 
 def _demo_config(overrides: Sequence[str]) -> Any:

@@ -166,12 +166,39 @@ class AuditConfig(_Section):
     max_samples: Annotated[int, Field(ge=10)] = 5000
 
 
+class FlowerConfig(_Section):
+    """How the Flower runtimes (``runtime: flower-sim`` and ``flower-deploy``) run.
+
+    ``superlink: null`` starts the processes on 127.0.0.1: a simulation SuperLink (Ray backend)
+    for ``flower-sim``, a SuperLink and one SuperNode per party for ``flower-deploy``. An
+    address (``host:port``) submits the run to a SuperLink that is already running, with one
+    SuperNode per party connected to it (``flower-deploy`` only), as in the docker-compose demo.
+    """
+
+    superlink: str | None = None
+    root_certificates: str | None = None
+    connect_timeout: Annotated[float, Field(gt=0)] = 120.0
+    round_timeout: Annotated[float, Field(gt=0)] = 120.0
+    run_timeout: Annotated[float, Field(gt=0)] = 24 * 3600.0
+    poll_interval: Annotated[float, Field(gt=0)] = 0.01
+    client_cpus: Annotated[int, Field(ge=1)] = 1
+
+    @field_validator("superlink")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"flower.superlink must be host:port, for example superlink:8000 (got {value!r})")
+        return value
+
+
 class ExperimentConfig(_Section):
     """The whole experiment: data, partition, models, training, forget request, methods, audit."""
 
     name: str = "experiment"
     seed: int = 0
-    runtime: Literal["local"] = "local"
+    runtime: Literal["local", "flower-sim", "flower-deploy"] = "local"
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     threads: Annotated[int, Field(ge=0)] = 0
     plugins: list[str] = []
@@ -182,6 +209,7 @@ class ExperimentConfig(_Section):
     forget: ForgetConfig = ForgetConfig(kind="class", classes=[0])
     methods: list[MethodSpec] = [MethodSpec(name="retrain"), MethodSpec(name="finetune"), MethodSpec(name="neggrad")]
     audit: AuditConfig = AuditConfig()
+    flower: FlowerConfig = FlowerConfig()
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -199,6 +227,10 @@ class ExperimentConfig(_Section):
             raise ValueError(f"methods lists {', '.join(dup)} more than once")
         if any(n in ("original",) for n in names):
             raise ValueError("'original' is the trained model, not a method; remove it from methods")
+        if self.runtime == "flower-sim" and self.flower.superlink is not None:
+            raise ValueError("flower.superlink is for runtime 'flower-deploy'; flower-sim starts its own SuperLink")
+        if self.flower.root_certificates is not None and self.flower.superlink is None:
+            raise ValueError("flower.root_certificates needs flower.superlink (the TLS SuperLink to trust)")
         return self
 
 

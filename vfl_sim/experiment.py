@@ -118,8 +118,7 @@ class Experiment:
         ``report.json``).
         """
         out = Path(out_dir)
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise ConfigError(f"output folder {out} exists and is not empty; choose another --out or pass --overwrite")
+        check_out_dir(out, overwrite)
         progress = progress or ProgressReporter(enabled=False)
         out.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -300,6 +299,12 @@ def _embedding_arrays(data: AuditData) -> dict[str, np.ndarray]:
         for pid, e in m.parties.items():
             arrays[f"{name}/{pid}"] = e
     return arrays
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to replace a non-empty run folder unless asked to."""
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"output folder {out} exists and is not empty; choose another --out or pass --overwrite")
 
 
 def prepare(cfg: ExperimentConfig) -> Experiment:

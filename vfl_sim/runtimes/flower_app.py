@@ -7,12 +7,16 @@ back (:mod:`vfl_sim.runtimes.flower_state`). The party's feature slice is cached
 rebuilding it is pure (same config, same slice), so a cache only saves time.
 
 The run's config travels in the Flower run config as one JSON string (``vfl-config``), with
-the run folder (``out-dir``) and the timeouts beside it.
+the run folder (``out-dir``), the timeouts and the submitter's working directory (for plugin
+modules) beside it: :data:`APP_CONFIG` lists the keys and their defaults.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import sys
 from functools import lru_cache
 from typing import Any
 
@@ -31,12 +35,57 @@ from vfl_sim.runtimes.flower_transport import FlowerTransport, hello_reply
 from vfl_sim.runtimes.local import build_party
 from vfl_sim.seeding import derive_seed
 
-CONFIG_KEY, OUT_KEY = "vfl-config", "out-dir"
+CONFIG_KEY, OUT_KEY, WORKDIR_KEY = "vfl-config", "out-dir", "work-dir"
+
+APP_CONFIG: dict[str, Any] = {
+    CONFIG_KEY: "{}",
+    OUT_KEY: "runs/flower",
+    "overwrite": False,
+    WORKDIR_KEY: "",
+    "connect-timeout": 120.0,
+    "round-timeout": 120.0,
+    "poll-interval": 0.05,
+}
+"""The app's run-config keys and defaults (``[tool.flwr.app.config]``; Flower accepts only
+overrides of keys declared there)."""
 
 
 def run_config_for(cfg: ExperimentConfig, out_dir: str, **extra: Any) -> dict[str, Any]:
-    """The Flower run config that carries an experiment (flat keys, as Flower requires)."""
-    return {CONFIG_KEY: json.dumps(cfg.model_dump(mode="json")), OUT_KEY: out_dir, **extra}
+    """The Flower run config that carries an experiment (flat keys, as Flower requires).
+
+    The Flower section of ``cfg`` gives the timeouts and poll interval; ``extra`` overrides.
+    """
+    config = {
+        **APP_CONFIG,
+        CONFIG_KEY: json.dumps(cfg.model_dump(mode="json")),
+        OUT_KEY: out_dir,
+        WORKDIR_KEY: os.getcwd(),
+        "connect-timeout": cfg.flower.connect_timeout,
+        "round-timeout": cfg.flower.round_timeout,
+        "poll-interval": cfg.flower.poll_interval,
+    }
+    config.update(extra)
+    unknown = set(config) - set(APP_CONFIG)
+    if unknown:
+        raise KeyError(f"not run-config keys of the app: {sorted(unknown)}")
+    return config
+
+
+def _setting(context: Context, key: str) -> Any:
+    # `run_simulation` (and a run started with an app whose config lacks a key) gives no value.
+    return context.run_config.get(key, APP_CONFIG[key])
+
+
+def _import_plugins(context: Context) -> ExperimentConfig:
+    """The run's config, after importing its plugin modules (their methods and party ops)."""
+    from vfl_sim.experiment import import_plugins
+
+    work_dir = str(_setting(context, WORKDIR_KEY))
+    if work_dir and work_dir not in sys.path:
+        sys.path.insert(0, work_dir)
+    cfg = config_from_dict(json.loads(str(context.run_config[CONFIG_KEY])))
+    import_plugins(cfg.plugins)
+    return cfg
 
 
 @lru_cache(maxsize=8)
@@ -67,6 +116,8 @@ def _party(context: Context) -> Party:
     resident = _RESIDENT.get(key)
     if resident is not None and resident[0] == state_stamp(context.state):
         return resident[1]
+    if resident is None:
+        _import_plugins(context)  # party ops of plugin methods; once per process and node
     cfg, dataset, part, view = _party_inputs(str(context.run_config[CONFIG_KEY]), _partition_id(context))
     party = build_party(cfg, dataset, part, torch.device("cpu"), view=view, replay_backward=True)
     restore_party(party, context.state)
@@ -120,13 +171,26 @@ def main(grid: Grid, context: Context) -> None:
     """Run the experiment in the run config with the parties behind Flower nodes."""
     from vfl_sim.data.partition import party_ids
     from vfl_sim.experiment import prepare
+    from vfl_sim.progress import LogProgress
 
-    cfg = config_from_dict(json.loads(str(context.run_config[CONFIG_KEY])))
+    # Our lines only: the root logger's INFO would relay every HTTP request Flower makes.
+    log = logging.getLogger("vfl_sim")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("vfl-sim: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    cfg = _import_plugins(context)
     exp = prepare(cfg)
+    log.info("waiting for %d parties", cfg.partition.parties)
     transport = FlowerTransport(
         grid,
         party_ids(cfg.partition.parties),
-        connect_timeout=float(context.run_config.get("connect-timeout", 120.0)),
-        round_timeout=float(context.run_config.get("round-timeout", 120.0)),
+        connect_timeout=float(_setting(context, "connect-timeout")),
+        round_timeout=float(_setting(context, "round-timeout")),
+        poll_interval=float(_setting(context, "poll-interval")),
     )
-    exp.run(str(context.run_config[OUT_KEY]), transport=transport, overwrite=True)
+    log.info("parties connected: %s", ", ".join(f"{p} = node {n}" for p, n in transport.nodes.items()))
+    out = str(_setting(context, OUT_KEY))
+    exp.run(out, transport=transport, overwrite=bool(_setting(context, "overwrite")), progress=LogProgress(log.info))
+    log.info("run folder written: %s", out)

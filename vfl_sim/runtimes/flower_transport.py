@@ -1,7 +1,9 @@
 """The server's side of the Flower runtime: protocol rounds as Flower messages on a ``Grid``.
 
-One :meth:`FlowerTransport.exchange` is one ``Grid.send_and_receive`` call carrying one
-message per addressed party. Parties are found by asking every connected node for its
+One :meth:`FlowerTransport.exchange` is one round: one message per addressed party pushed to
+the grid, then the replies pulled every ``poll_interval`` seconds until all are in (Flower's
+own ``send_and_receive`` sleeps 3 s between pulls in a deployment, which would cost every
+training step 3 s). Parties are found by asking every connected node for its
 ``partition-id`` (Flower does not expose node configs to the ServerApp); the transport waits
 until all of them are connected and fails with the missing party ids after a timeout instead
 of hanging. Bytes are counted with Flower's own ``count_bytes`` of each message's records.
@@ -40,7 +42,8 @@ class FlowerTransport(Transport):
     round_timeout
         Seconds to wait for the replies of one round.
     poll_interval
-        Seconds between looks at the connected nodes while waiting.
+        Seconds between pulls of replies (and between looks at the connected nodes while
+        waiting for them).
     """
 
     def __init__(
@@ -50,11 +53,12 @@ class FlowerTransport(Transport):
         *,
         connect_timeout: float = 120.0,
         round_timeout: float = 120.0,
-        poll_interval: float = 0.5,
+        poll_interval: float = 0.05,
     ) -> None:
         super().__init__(party_ids)
         self.grid = grid
         self.round_timeout = round_timeout
+        self.poll_interval = poll_interval
         # Flower's own count of the message contents, beside the protocol's count in ``stats``.
         self.flower_bytes_to_parties: dict[str, int] = {}
         self.flower_bytes_to_server: dict[str, int] = {}
@@ -70,14 +74,17 @@ class FlowerTransport(Transport):
             new = [nid for nid in self.grid.get_node_ids() if nid not in asked]
             if new:
                 hellos = [Message(RecordDict(), dst_node_id=nid, message_type=HELLO) for nid in new]
-                for reply in self.grid.send_and_receive(hellos, timeout=max(1.0, deadline - time.monotonic())):
-                    if reply.has_error():
-                        errors[reply.metadata.src_node_id] = str(reply.error.reason)
+                replies = self._round(hellos, timeout=max(1.0, deadline - time.monotonic()))
+                for nid, reply in zip(new, replies):
+                    if reply is None:
                         continue
-                    asked.add(reply.metadata.src_node_id)
+                    if reply.has_error():
+                        errors[nid] = str(reply.error.reason)
+                        continue
+                    asked.add(nid)
                     pid = int(str(reply.content.config_records["hello"]["partition-id"]))
                     if 0 <= pid < len(self.party_ids):
-                        nodes[self.party_ids[pid]] = reply.metadata.src_node_id
+                        nodes[self.party_ids[pid]] = nid
             if len(nodes) == len(self.party_ids):
                 return nodes
             if time.monotonic() >= deadline:
@@ -90,20 +97,42 @@ class FlowerTransport(Transport):
                 )
             time.sleep(poll)
 
+    def _round(self, messages: list[Message], timeout: float) -> list[Message | None]:
+        """Push ``messages``, pull until each has its reply or ``timeout``; replies in message
+        order (``None`` where none came).
+
+        Replies are matched by the id of the message they answer: an error reply that the
+        SuperLink writes for a node that died comes from the SuperLink, not from that node.
+        """
+        ids = list(self.grid.push_messages(messages))
+        waiting = set(ids)
+        got: dict[str, Message] = {}
+        deadline = time.monotonic() + timeout
+        while waiting:
+            for reply in self.grid.pull_messages(list(waiting)):
+                got[reply.metadata.reply_to_message_id] = reply
+                waiting.discard(reply.metadata.reply_to_message_id)
+            if not waiting or time.monotonic() >= deadline:
+                break
+            time.sleep(self.poll_interval)
+        return [got.get(m.metadata.message_id) for m in messages]
+
     def _exchange(self, requests: Mapping[str, Request]) -> dict[str, Reply]:
-        sent: dict[str, Message] = {}
-        for pid, request in requests.items():
-            kind, content = encode_request(request)
-            sent[pid] = Message(content, dst_node_id=self.nodes[pid], message_type=kind)
-        by_node = {self.nodes[pid]: pid for pid in requests}
+        pids = list(requests)
+        sent: list[Message] = []
+        for pid in pids:
+            kind, content = encode_request(requests[pid])
+            sent.append(Message(content, dst_node_id=self.nodes[pid], message_type=kind))
         replies: dict[str, Reply] = {}
-        for reply in self.grid.send_and_receive(list(sent.values()), timeout=self.round_timeout):
-            pid = by_node[reply.metadata.src_node_id]
+        missing: list[str] = []
+        for pid, message, reply in zip(pids, sent, self._round(sent, self.round_timeout)):
+            if reply is None:
+                missing.append(pid)
+                continue
             if reply.has_error():
                 raise PartyUnavailableError(f"{pid} answered with an error: {reply.error.reason}")
             replies[pid] = decode_reply(reply.content)
-            self._count(pid, sent[pid], reply)
-        missing = [pid for pid in requests if pid not in replies]
+            self._count(pid, message, reply)
         if missing:
             raise PartyUnavailableError(
                 f"no reply from {', '.join(missing)} within {self.round_timeout:.0f}s; the party may have stopped"
