@@ -34,7 +34,8 @@ class InProcessGrid:
         }
         self.drop = set(drop)  # node ids that stop answering
         self.seen: list[Message] = []
-        self.replies: dict[str, Message] = {}
+        self.replies: dict[str, Message] = {}  # not yet pulled
+        self.answers: dict[str, Message] = {}  # every reply, by the id of the message it answers
 
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
@@ -48,9 +49,10 @@ class InProcessGrid:
             if m.metadata.dst_node_id in self.drop:
                 continue
             try:
-                self.replies[m.metadata.message_id] = flower_app.client_app(m, self.contexts[m.metadata.dst_node_id])
+                reply = flower_app.client_app(m, self.contexts[m.metadata.dst_node_id])
             except Exception as exc:  # Flower's runtimes turn a handler's exception into an error reply
-                self.replies[m.metadata.message_id] = Message(Error(code=0, reason=str(exc)), reply_to=m)
+                reply = Message(Error(code=0, reason=str(exc)), reply_to=m)
+            self.replies[m.metadata.message_id] = self.answers[m.metadata.message_id] = reply
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
@@ -113,6 +115,52 @@ def test_privacy_of_messages(tmp_path) -> None:
             assert "label" not in text
     kinds = {m.metadata.message_type for m in grid.seen}
     assert kinds <= {"query.hello", "query.embed", "train.backward", "train.local_op"}
+
+
+def test_privacy_of_every_message_of_a_run(tmp_path) -> None:
+    """A whole run (training, the forget request with every method, checkpoints, the audit)
+    through Flower messages: parties receive only sample ids, flags, operation names with
+    small arguments and gradients for their own embedding; the server receives only
+    embeddings (with layer activations for audits) and small metrics."""
+    import numpy as np
+
+    from parties.party import registered_ops
+
+    cfg = _cfg()
+    exp = prepare(cfg)
+    grid = InProcessGrid(flower_app.run_config_for(cfg, str(tmp_path / "run")), [0, 1, 2])
+    transport = FlowerTransport(grid, ["party_0", "party_1", "party_2"], connect_timeout=5)
+    exp.run(tmp_path / "run", transport=transport)
+    n = exp.dataset.labels.size
+    to_party = [m for m in grid.seen if m.metadata.message_type != "query.hello"]
+    assert {m.metadata.message_type for m in to_party} == {"query.embed", "train.backward", "train.local_op"}
+    for m in to_party:
+        for rec in m.content.array_records.values():
+            assert set(rec.keys()) <= {"ids", "grad", "then_ids"}
+            for key in ("ids", "then_ids"):
+                if key in rec:
+                    ids = rec[key].numpy()
+                    assert ids.dtype == np.int64 and ids.ndim == 1 and ids.min() >= 0 and ids.max() < n
+            if "grad" in rec:  # the gradient of this party's own embedding, nothing wider
+                assert rec["grad"].numpy().shape[1] == cfg.model.embedding_dim
+        for rec in m.content.config_records.values():
+            if "name" in rec:
+                assert rec["name"] in registered_ops()
+                assert len(str(rec["args"])) < 500  # instructions, not data
+            assert "label" not in json.dumps({k: str(v) for k, v in rec.items()})
+    # What parties sent back: embeddings of the configured width and, for audits, named layer
+    # activations; otherwise small metrics (digests, file sizes). Never labels or raw features.
+    answers = [grid.answers[m.metadata.message_id] for m in to_party]
+    for reply in answers:
+        assert not reply.has_error()
+        for rec in reply.content.array_records.values():
+            for key in rec.keys():
+                assert key == "embedding" or key.startswith("layer/")
+                if key == "embedding":
+                    assert rec[key].numpy().shape[1] == cfg.model.embedding_dim
+        for rec in reply.content.config_records.values():
+            assert set(rec.keys()) == {"info"}
+            assert len(str(rec["info"])) < 500
 
 
 def test_missing_party_is_named_after_timeout(tmp_path) -> None:

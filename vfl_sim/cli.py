@@ -75,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    fc = sub.add_parser(
+        "flower-config",
+        help="print the Flower run config (TOML) that carries an experiment, for `flwr run ... --run-config FILE`",
+    )
+    fc.add_argument("config", type=Path)
+    fc.add_argument("--out", type=Path, required=True, help="run folder the ServerApp writes (made absolute)")
+    fc.add_argument("--overwrite", action="store_true")
+    fc.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     sub.add_parser("methods", help="list registered unlearning methods and their parameters")
     return p
 
@@ -175,6 +184,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vfl_sim.bench import run_bench
 
             run_bench(args.config, args.overrides, epochs=args.epochs, repeats=args.repeats)
+            return 0
+        if args.command == "flower-config":
+            import tomli_w
+
+            from vfl_sim.experiment import prepare
+            from vfl_sim.runtimes.flower_app import run_config_for
+            from vfl_sim.runtimes.flower_runtime import shipped_config
+
+            cfg = load_config(args.config, args.overrides)
+            prepare(cfg)  # the same checks as a run, before anything is submitted
+            out = str(args.out.expanduser().resolve())
+            print(tomli_w.dumps(run_config_for(shipped_config(cfg), out, overwrite=args.overwrite)), end="")
             return 0
         if args.command == "methods":
             from server.methods import available_methods, get_method

@@ -44,7 +44,7 @@ APP_CONFIG: dict[str, Any] = {
     WORKDIR_KEY: "",
     "connect-timeout": 120.0,
     "round-timeout": 120.0,
-    "poll-interval": 0.05,
+    "poll-interval": 0.02,
 }
 """The app's run-config keys and defaults (``[tool.flwr.app.config]``; Flower accepts only
 overrides of keys declared there)."""

@@ -65,8 +65,9 @@ def federation_config(cfg: ExperimentConfig) -> dict[str, Any]:
     return {"num-supernodes": cfg.partition.parties, "client-resources-num-cpus": cfg.flower.client_cpus}
 
 
-def _shipped(cfg: ExperimentConfig) -> ExperimentConfig:
-    # Flower's processes do not share the submitter's working directory: paths travel absolute.
+def shipped_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` as it travels to Flower's processes, which need not share the submitter's working
+    directory: the dataset folder made absolute."""
     if cfg.data.root is None:
         return cfg
     data = cfg.data.model_copy(update={"root": str(Path(cfg.data.root).expanduser().resolve())})
@@ -104,7 +105,7 @@ def run_on_flower(
         else:
             address = cfg.flower.superlink
         procs.add_connection(CONNECTION, address, root_certificates=ca)
-        run_config = run_config_for(_shipped(cfg), str(out), overwrite=overwrite)
+        run_config = run_config_for(shipped_config(cfg), str(out), overwrite=overwrite)
         run_id = procs.submit(write_app(folder / "app"), CONNECTION, run_config, federation)
         if keep is not None:
             keep(procs)
