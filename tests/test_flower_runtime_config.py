@@ -40,3 +40,20 @@ def test_run_config_carries_the_experiment(tmp_path: Path) -> None:
 def test_simulation_has_one_supernode_per_party() -> None:
     cfg = small_config(runtime="flower-sim", partition={"parties": 4}, flower={"client_cpus": 2})
     assert federation_config(cfg) == {"num-supernodes": 4, "client-resources-num-cpus": 2}
+
+
+def test_no_deprecated_flower_api() -> None:
+    """The app uses the Message API of flwr 1.41 only (no pre-1.13 client/server API)."""
+    import re
+
+    deprecated = re.compile(
+        r"flwr\.(common|server|client)\b|start_client\(|start_server\(|NumPyClient|\bDriver\b|create_reply|run_simulation\("
+    )
+    sources = [p for d in ("vfl_sim", "parties", "server", "audits") for p in (ROOT / d).rglob("*.py")]
+    hits = [
+        f"{p.relative_to(ROOT)}:{n}"
+        for p in sources
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if deprecated.search(line.split("#")[0])
+    ]
+    assert hits == []
