@@ -214,3 +214,29 @@ def test_party_is_rebuilt_when_state_changed_elsewhere(tmp_path) -> None:
     flower_app_state.save_party(flower_app._party(context), other)  # another process saves: new stamp
     context.state = other
     assert flower_app._party(context) is not stale
+
+
+def test_party_view_is_cached_on_the_nodes_disk(tmp_path, monkeypatch) -> None:
+    """A fresh ClientApp process loads the party's slice from the node's disk instead of
+    loading and cutting the dataset; the file is keyed by what the slice depends on."""
+    import numpy as np
+
+    cfg = _cfg()
+    config_json = flower_app.run_config_for(cfg, str(tmp_path))["vfl-config"]
+    build = flower_app.party_view.__wrapped__  # without the per-process cache
+    expected = prepare(cfg).slices[1].take(prepare(cfg).dataset.features)
+    monkeypatch.delenv("FLWR_HOME", raising=False)
+    assert np.array_equal(build(config_json, 1).numpy(), expected)  # no Flower node: nothing written
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    first = build(config_json, 1)
+    files = list((tmp_path / flower_app.VIEW_CACHE).iterdir())
+    assert len(files) == 1 and np.array_equal(np.load(files[0]), expected)
+    monkeypatch.setattr(flower_app, "load_dataset", lambda *a, **k: pytest.fail("the slice was rebuilt"))
+    assert np.array_equal(build(config_json, 1).numpy(), first.numpy())
+    monkeypatch.undo()
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    other = flower_app.run_config_for(cfg.model_copy(update={"seed": 1}), str(tmp_path))["vfl-config"]
+    build(other, 1)  # synthetic data depends on the seed: another file
+    assert len(list((tmp_path / flower_app.VIEW_CACHE).iterdir())) == 2
+    with pytest.raises(ValueError, match="partition-id 3 is out of range for 3 parties"):
+        build(config_json, 3)

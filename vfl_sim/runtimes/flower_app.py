@@ -3,8 +3,9 @@
 The ClientApp has one handler per protocol message type. Flower builds it anew for every
 message, so each handler rebuilds the party from the run's config and the node's
 ``partition-id``, restores its state from ``Context.state``, answers, and saves the state
-back (:mod:`vfl_sim.runtimes.flower_state`). The party's feature slice is cached per process:
-rebuilding it is pure (same config, same slice), so a cache only saves time.
+back (:mod:`vfl_sim.runtimes.flower_state`). Cutting the party's feature slice out of the
+dataset is pure (same config, same slice), so it is cached: per process, and on the node's disk
+(:func:`party_view`), since a deployment starts a new process for every message.
 
 The run's config travels in the Flower run config as one JSON string (``vfl-config``), with
 the run folder (``out-dir``), the timeouts and the submitter's working directory (for plugin
@@ -13,22 +14,26 @@ modules) beside it: :data:`APP_CONFIG` lists the keys and their defaults.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import sys
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from parties.party import Party
+from vfl_sim import __version__
 from vfl_sim.config import ExperimentConfig, config_from_dict
 from vfl_sim.data.loaders import load_dataset
-from vfl_sim.data.partition import partition_features
+from vfl_sim.data.partition import partition_features, party_ids
 from vfl_sim.runtimes.flower_codec import decode_request, encode_reply
 from vfl_sim.runtimes.flower_state import restore_party, save_party, state_stamp
 from vfl_sim.runtimes.flower_transport import FlowerTransport, hello_reply
@@ -88,15 +93,53 @@ def _import_plugins(context: Context) -> ExperimentConfig:
     return cfg
 
 
+VIEW_CACHE = "vfl-sim-party-views"
+
+
 @lru_cache(maxsize=8)
-def _party_inputs(config_json: str, partition_id: int) -> tuple[ExperimentConfig, Any, Any, torch.Tensor]:
+def party_view(config_json: str, partition_id: int) -> torch.Tensor:
+    """Party ``partition_id``'s columns of every sample for the experiment ``config_json``.
+
+    In a Flower node (``FLWR_HOME`` set) the slice is also kept as a ``.npy`` file under
+    ``$FLWR_HOME/vfl-sim-party-views``, keyed by everything it depends on (the data and
+    partition sections, the seed, the party, and the size and time of every file under
+    ``data.root``), so that a fresh ClientApp process loads it instead of loading and cutting
+    the dataset (which costs about a second for digits, mostly importing scikit-learn).
+    """
     cfg = config_from_dict(json.loads(config_json))
+    if not 0 <= partition_id < cfg.partition.parties:
+        raise ValueError(f"partition-id {partition_id} is out of range for {cfg.partition.parties} parties")
+    path = _view_path(cfg, partition_id)
+    if path is not None and path.is_file():
+        return torch.from_numpy(np.load(path))
     dataset = load_dataset(cfg.data, parties=cfg.partition.parties, seed=cfg.seed)
     slices = partition_features(cfg.partition, dataset.sample_shape, derive_seed(cfg.seed, "partition"))
-    if not 0 <= partition_id < len(slices):
-        raise ValueError(f"partition-id {partition_id} is out of range for {len(slices)} parties")
-    part = slices[partition_id]
-    return cfg, dataset, part, torch.from_numpy(part.take(dataset.features))
+    view = slices[partition_id].take(dataset.features)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial.npy")
+        np.save(partial, view)
+        os.replace(partial, path)  # atomic: another process of the node may read it meanwhile
+    return torch.from_numpy(view)
+
+
+def _view_path(cfg: ExperimentConfig, partition_id: int) -> Path | None:
+    home = os.environ.get("FLWR_HOME")
+    if not home:
+        return None
+    key: dict[str, Any] = {
+        "data": cfg.data.model_dump(mode="json"),
+        "partition": cfg.partition.model_dump(mode="json"),
+        "seed": cfg.seed,
+        "party": partition_id,
+        "version": __version__,
+    }
+    if cfg.data.root is not None and Path(cfg.data.root).is_dir():
+        key["files"] = sorted(
+            (str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in Path(cfg.data.root).rglob("*") if p.is_file()
+        )
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return Path(home) / VIEW_CACHE / f"party{partition_id}-{digest}.npy"
 
 
 def _partition_id(context: Context) -> int:
@@ -118,8 +161,10 @@ def _party(context: Context) -> Party:
         return resident[1]
     if resident is None:
         _import_plugins(context)  # party ops of plugin methods; once per process and node
-    cfg, dataset, part, view = _party_inputs(str(context.run_config[CONFIG_KEY]), _partition_id(context))
-    party = build_party(cfg, dataset, part, torch.device("cpu"), view=view, replay_backward=True)
+    config_json = str(context.run_config[CONFIG_KEY])
+    cfg, pid = config_from_dict(json.loads(config_json)), _partition_id(context)
+    view = party_view(config_json, pid)
+    party = build_party(cfg, party_ids(cfg.partition.parties)[pid], view, torch.device("cpu"), replay_backward=True)
     restore_party(party, context.state)
     return party
 
@@ -169,7 +214,6 @@ server_app = ServerApp()
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the experiment in the run config with the parties behind Flower nodes."""
-    from vfl_sim.data.partition import party_ids
     from vfl_sim.experiment import prepare
     from vfl_sim.progress import LogProgress
 

@@ -16,26 +16,20 @@ from vfl_sim.transport import LocalTransport
 
 def build_party(
     cfg: ExperimentConfig,
-    dataset: VflDataset,
-    part: PartySlice,
+    party_id: str,
+    view: torch.Tensor,
     device: torch.device,
     *,
-    view: torch.Tensor | None = None,
     replay_backward: bool = False,
 ) -> Party:
-    """A party holding its slice of every sample, with a freshly seeded bottom model.
-
-    The slice is cut from the dataset once (or given as ``view``, already cut); batches are
-    gathered from it by id.
-    """
-    if view is None:
-        view = torch.from_numpy(part.take(dataset.features))
+    """A party holding ``view`` (its columns of every sample, row ``i`` being sample id ``i``)
+    with a freshly seeded bottom model."""
     bottom = build_bottom(cfg.model, tuple(view.shape[1:]))
     return Party(
-        part.party_id,
+        party_id,
         view,
         bottom,
-        init_seed=derive_seed(cfg.seed, "init", part.party_id),
+        init_seed=derive_seed(cfg.seed, "init", party_id),
         device=device,
         replay_backward=replay_backward,
     )
@@ -44,7 +38,10 @@ def build_party(
 def local_transport(
     cfg: ExperimentConfig, dataset: VflDataset, slices: list[PartySlice], device: torch.device
 ) -> LocalTransport:
-    return LocalTransport({p.party_id: build_party(cfg, dataset, p, device) for p in slices})
+    # Each party's slice is cut from the dataset once; batches are gathered from it by id.
+    return LocalTransport(
+        {p.party_id: build_party(cfg, p.party_id, torch.from_numpy(p.take(dataset.features)), device) for p in slices}
+    )
 
 
 def party_shapes(dataset: VflDataset, slices: list[PartySlice]) -> list[tuple[int, ...]]:
