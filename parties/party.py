@@ -2,7 +2,8 @@
 
 A party never sees labels or other parties' features. It answers three kinds of request
 (:mod:`vfl_sim.protocol`): ``Embed`` (compute embeddings of sample ids), ``Backward`` (apply the
-gradient of the loss with respect to its last embedding and step its optimizer) and
+gradient of the loss with respect to its last embedding and step its optimizer, once or, with
+FedBCD local updates, ``local_steps`` times) and
 ``LocalOp`` (named party-side operations: optimizer set-up, state snapshots, resets and the
 party's side of unlearning methods). Party-side operations are plain functions registered with
 :func:`party_op`, so a method's local step is added without touching this class.
@@ -104,7 +105,8 @@ class Party:
         self.optimizer: Optimizer | None = None
         self.scheduler: CosineSchedule | None = None
         self.states: dict[str, dict[str, torch.Tensor]] = {}
-        self._pending: torch.Tensor | None = None  # embedding whose graph awaits a Backward
+        # (ids, embedding) of the training Embed whose graph awaits a Backward
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
         self._replay: _Replay | None = None  # what replays the forward pass, with replay_backward
         self.phase: dict[str, Any] | None = None  # the arguments of the last 'configure'
         self.reset_parameters(init_seed)
@@ -116,7 +118,7 @@ class Party:
         if isinstance(request, Embed):
             return self.embed(request)
         if isinstance(request, Backward):
-            self.backward(request.grad, step=request.step)
+            self.backward(request.grad, step=request.step, local_steps=request.local_steps)
             return self.embed(request.then) if request.then is not None else Ack()
         if isinstance(request, LocalOp):
             op = _OPS.get(request.name)
@@ -134,7 +136,7 @@ class Party:
                 with torch.no_grad():
                     return EmbedReply(self.bottom(x))
             out = self.bottom(x)
-            self._pending = out
+            self._pending = (request.ids, out)
             return EmbedReply(out.detach())
         self._set_mode(False)
         with torch.no_grad():
@@ -149,22 +151,44 @@ class Party:
         if self.bottom.training != train:
             self.bottom.train(train)
 
-    def backward(self, grad: torch.Tensor, *, step: bool = True) -> None:
+    def backward(self, grad: torch.Tensor, *, step: bool = True, local_steps: int = 1) -> None:
+        """Back-propagate ``grad`` through the last training forward pass and (if ``step``) step.
+
+        ``local_steps`` (Q) > 1 makes FedBCD's local updates (Liu, Kang, Zhang, Li, Cheng, Chen,
+        Hong, Yang, "A Communication-Efficient Collaborative Learning Framework for Distributed
+        Features", arXiv 1912.11187, 2019): after the first update, each of the Q - 1 others runs
+        a fresh training forward pass of the same ids with the current parameters and
+        back-propagates the same stale ``grad`` (fresh Jacobian, stale dLoss/dEmbedding), one
+        optimizer step each. Batch-norm statistics and dropout masks follow those forward passes.
+        """
+        if local_steps < 1:
+            raise ValueError(f"{self.party_id}: local_steps must be >= 1, got {local_steps}")
+        if local_steps > 1 and not step:
+            raise ValueError(f"{self.party_id}: local_steps > 1 needs step=True")
         if self._replay is not None:
+            ids = self._replay.ids
             out = self._replay_forward(self._replay)
             self._replay = None
         elif self._pending is not None:
-            out, self._pending = self._pending, None
+            (ids, out), self._pending = self._pending, None
         else:
             raise RuntimeError(f"{self.party_id}: Backward without a preceding training Embed")
-        out.backward(grad.to(self.device))
+        g = grad.to(self.device)
+        out.backward(g)
         if step:
-            if self.optimizer is None:
-                raise RuntimeError(f"{self.party_id}: Backward with step before 'configure'")
-            self.optimizer.step()
-            if self.scheduler is not None:
-                self.scheduler.step()
-            clear_grads(self.optimizer)
+            self._step()
+        for _ in range(local_steps - 1):
+            self._set_mode(True)
+            self.bottom(self.features.index_select(0, ids.to(self.device))).backward(g)
+            self._step()
+
+    def _step(self) -> None:
+        if self.optimizer is None:
+            raise RuntimeError(f"{self.party_id}: Backward with step before 'configure'")
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        clear_grads(self.optimizer)
 
     def _replay_forward(self, replay: _Replay) -> torch.Tensor:
         """The training forward pass of ``replay.ids`` again, from the state it started in."""

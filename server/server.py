@@ -5,6 +5,12 @@ embeddings, computes the loss with the labels it alone holds, steps the top mode
 each party only the gradient of the loss with respect to that party's embedding. The gradient
 message for batch ``t`` carries the request for batch ``t + 1``, so a step costs one round
 trip per party.
+
+With ``local_steps`` Q > 1 each round does Q updates on both sides, as FedBCD-p does (Liu, Kang,
+Zhang, Li, Cheng, Chen, Hong, Yang, "A Communication-Efficient Collaborative Learning Framework
+for Distributed Features", arXiv 1912.11187, 2019): the server steps the top model Q times on
+the same (stale) party embeddings, and sends each party the gradient of its embedding computed
+before the first of those steps; the party makes Q updates with that stale gradient.
 """
 
 from __future__ import annotations
@@ -139,17 +145,27 @@ class Server:
         update_parties: bool = True,
         update_top: bool = True,
         on_step: StepCallback | None = None,
+        local_steps: int | None = None,
     ) -> None:
-        """Exact split learning over ``ids`` for ``epochs`` epochs.
+        """Split learning over ``ids`` for ``epochs`` epochs.
 
         The top model and (if ``update_parties``) every bottom model get fresh optimizers from
         ``optim`` with a per-step schedule over the whole phase.
+
+        ``local_steps`` (Q) is the number of FedBCD local updates per round (see
+        :meth:`run_epoch`); by default ``optim.local_steps`` when ``optim`` is a
+        :class:`~vfl_sim.config.TrainConfig` (the original's training and retraining), else 1
+        (exact split learning; the optimizer settings a method builds carry no Q). The
+        schedule counts Q steps per batch; ``on_step`` is still called once per batch.
         """
         ids = ids.to(torch.int64).cpu()
         if ids.numel() == 0:
             raise ValueError("no samples to train on")
+        q = local_steps if local_steps is not None else int(getattr(optim, "local_steps", 1))
+        if q < 1:
+            raise ValueError(f"local_steps must be >= 1, got {q}")
         steps_per_epoch = count_batches(ids.numel(), batch_size)
-        self.configure(optim, epochs * steps_per_epoch, parties=update_parties, top=update_top)
+        self.configure(optim, epochs * steps_per_epoch * q, parties=update_parties, top=update_top)
         for _ in range(epochs):
             self.run_epoch(
                 make_batches(ids, batch_size, generator),
@@ -157,6 +173,7 @@ class Server:
                 update_parties=update_parties,
                 update_top=update_top,
                 on_step=on_step,
+                local_steps=q,
             )
 
     def run_epoch(
@@ -167,14 +184,25 @@ class Server:
         update_parties: bool = True,
         update_top: bool = True,
         on_step: StepCallback | None = None,
+        local_steps: int = 1,
     ) -> None:
-        """One pass over ``batches`` with the optimizers set by :meth:`configure`."""
+        """One pass over ``batches`` with the optimizers set by :meth:`configure`.
+
+        One round trip per party per batch. With ``local_steps`` Q > 1 (FedBCD-p, arXiv
+        1912.11187) the top model takes Q steps per batch on the same detached embeddings, the
+        gradient sent to each party is the one from the first of them (before any top update),
+        and each party makes Q updates with it; ``configure`` must have been given Q steps per
+        batch for the schedules. ``on_step`` gets the loss of the first step of each batch.
+        """
+        if local_steps < 1:
+            raise ValueError(f"local_steps must be >= 1, got {local_steps}")
         self.top.train()  # once per epoch; parties switch their own mode per request
         replies = self.transport.broadcast(Embed(batches[0], train=update_parties))
         for t, batch in enumerate(batches):
             leaves = [e.requires_grad_(update_parties) for e in self._embeddings(replies)]
             logits = self.top(fuse(leaves, self.fusion))
-            loss = loss_fn(logits, self.labels[batch.to(self.device)], batch)
+            labels = self.labels[batch.to(self.device)]
+            loss = loss_fn(logits, labels, batch)
             if self.optimizer is not None:
                 clear_grads(self.optimizer)
             loss.backward()
@@ -182,15 +210,36 @@ class Server:
                 self.optimizer.step()
                 if self.scheduler is not None:
                     self.scheduler.step()
+                if local_steps > 1:
+                    self._local_top_steps(leaves, labels, batch, loss_fn, local_steps - 1)
             nxt = Embed(batches[t + 1], train=update_parties) if t + 1 < len(batches) else None
             if update_parties:
                 replies = self.transport.exchange(
-                    {pid: Backward(leaf.grad, then=nxt) for pid, leaf in zip(self.party_ids, leaves)}  # type: ignore[arg-type]
+                    {
+                        pid: Backward(leaf.grad, then=nxt, local_steps=local_steps)  # type: ignore[arg-type]
+                        for pid, leaf in zip(self.party_ids, leaves)
+                    }
                 )
             elif nxt is not None:
                 replies = self.transport.broadcast(nxt)
             if on_step is not None:
                 on_step(float(loss.detach()))
+
+    def _local_top_steps(
+        self, embeddings: Sequence[torch.Tensor], labels: torch.Tensor, ids: torch.Tensor, loss_fn: LossFn, n: int
+    ) -> None:
+        """``n`` more top-model steps on the same (stale) embeddings: FedBCD's local updates of
+        the active party. The embeddings are detached, so the gradients already computed for
+        the parties stay as they were."""
+        assert self.optimizer is not None
+        fused = fuse([e.detach() for e in embeddings], self.fusion)
+        for _ in range(n):
+            loss = loss_fn(self.top(fused), labels, ids)
+            clear_grads(self.optimizer)
+            loss.backward()
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
 
     # -- inference -----------------------------------------------------------------------------
 

@@ -124,8 +124,21 @@ class OptimConfig(_Section):
 
 
 class TrainConfig(OptimConfig):
+    """How the original model is trained (and retrained).
+
+    ``local_steps`` (Q) is the number of local updates per communication round, as in FedBCD-p
+    (Liu, Kang, Zhang, Li, Cheng, Chen, Hong, Yang, "A Communication-Efficient Collaborative
+    Learning Framework for Distributed Features", arXiv 1912.11187, 2019): per batch the server
+    steps the top model Q times on the same party embeddings, and each party steps its bottom
+    model Q times with the one (stale) gradient of its embedding it receives. Rounds per epoch
+    stay the same; optimizer steps (and the per-step schedule) are Q per batch. ``1`` is exact
+    split learning. Both sides move on stale information at once, so a larger Q may need a
+    smaller ``lr``.
+    """
+
     epochs: Annotated[int, Field(ge=1)] = 30
     batch_size: Annotated[int, Field(ge=1)] = 64
+    local_steps: Annotated[int, Field(ge=1)] = 1
 
 
 class ForgetConfig(_Section):

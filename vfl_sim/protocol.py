@@ -7,7 +7,8 @@ embedding. Every message knows its size in bytes so that communication is counte
 on every transport.
 
 ``Backward`` can carry the ``Embed`` of the next batch, so a training step costs one round
-trip per party instead of two.
+trip per party instead of two; it also says how many local updates (FedBCD) the party makes
+with the gradient it carries.
 """
 
 from __future__ import annotations
@@ -57,14 +58,29 @@ class Backward:
 
     ``step=False`` accumulates the gradient without an optimizer step; ``then`` asks for the
     next batch's embedding in the same round trip.
+
+    ``local_steps`` (Q) is the number of local updates the party makes with this one gradient,
+    as in FedBCD (Liu, Kang, Zhang, Li, Cheng, Chen, Hong, Yang, "A Communication-Efficient
+    Collaborative Learning Framework for Distributed Features", arXiv 1912.11187, 2019): the
+    first back-propagates ``grad`` through the forward pass of the ``Embed``; each further one
+    runs a fresh training forward pass of the same ids and back-propagates the same (stale)
+    ``grad``. ``1`` is exact split learning. It travels as a 4-byte count.
     """
 
     grad: torch.Tensor
     step: bool = True
     then: Embed | None = None
+    local_steps: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.local_steps, bool) or not isinstance(self.local_steps, int) or self.local_steps < 1:
+            raise ValueError(f"Backward.local_steps must be an integer >= 1, got {self.local_steps!r}")
+        if self.local_steps > 1 and not self.step:
+            raise ValueError("Backward.local_steps > 1 needs step=True (each local update is an optimizer step)")
 
     def nbytes(self) -> int:
-        return tensor_nbytes(self.grad) + 1 + (self.then.nbytes() if self.then is not None else 0)
+        then = self.then.nbytes() if self.then is not None else 0
+        return tensor_nbytes(self.grad) + 1 + 4 + then
 
 
 @dataclass(frozen=True)

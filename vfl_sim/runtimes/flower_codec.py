@@ -3,7 +3,8 @@
 Each request becomes the content (a ``RecordDict``) and message type of one Flower
 ``Message``; each reply becomes the content of the reply. Tensors travel in an ``ArrayRecord``,
 flags and operation arguments in a ``ConfigRecord`` (arguments as one JSON string, since
-``ConfigRecord`` values are flat scalars). Message types follow Flower's routing:
+``ConfigRecord`` values are flat scalars; a ``Backward``'s ``local_steps`` is the integer key
+``local_steps`` of its config). Message types follow Flower's routing:
 ``query.embed`` for embeddings, ``train.backward`` for gradients, ``train.local_op`` for
 party-side operations.
 """
@@ -42,7 +43,11 @@ def encode_request(request: Request) -> tuple[str, RecordDict]:
         )
     if isinstance(request, Backward):
         arrays = {"grad": _array(request.grad)}
-        config: dict[str, Any] = {"step": request.step, "then": request.then is not None}
+        config: dict[str, Any] = {
+            "step": request.step,
+            "then": request.then is not None,
+            "local_steps": request.local_steps,
+        }
         if request.then is not None:
             arrays["then_ids"] = _array(request.then.ids)
             config.update(then_train=request.then.train, then_layers=request.then.layers)
@@ -65,7 +70,9 @@ def decode_request(message_type: str, content: RecordDict) -> Request:
             then = Embed(
                 _tensor(arrays["then_ids"]), train=bool(config["then_train"]), layers=bool(config["then_layers"])
             )
-        return Backward(_tensor(arrays["grad"]), step=bool(config["step"]), then=then)
+        # A message without the key (written before local updates existed) means one update.
+        local_steps = int(config["local_steps"]) if "local_steps" in config else 1
+        return Backward(_tensor(arrays["grad"]), step=bool(config["step"]), then=then, local_steps=local_steps)
     if message_type == LOCAL_OP:
         return LocalOp(str(config["name"]), json.loads(str(config["args"])))
     raise ValueError(f"unknown message type '{message_type}'; expected {EMBED}, {BACKWARD} or {LOCAL_OP}")
