@@ -11,7 +11,8 @@ party's side of unlearning methods). Party-side operations are plain functions r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from vfl_sim.optim import (
     clear_grads,
 )
 from vfl_sim.protocol import Ack, Backward, Embed, EmbedReply, LocalOp, Reply, Request
+from vfl_sim.seeding import derive_seed
 
 PartyOp = Callable[..., dict[str, Any] | None]
 _OPS: dict[str, PartyOp] = {}
@@ -49,6 +51,29 @@ def party_op(name: str) -> Callable[[PartyOp], PartyOp]:
 
 def registered_ops() -> list[str]:
     return sorted(_OPS)
+
+
+GradHook = Callable[..., None]
+_GRAD_HOOKS: dict[str, GradHook] = {}
+
+
+def grad_hook(name: str) -> Callable[[GradHook], GradHook]:
+    """Register ``fn(party, stepping, **args)`` as the gradient hook ``name``.
+
+    A phase configured with ``grad_hook=name`` calls it after every back-propagation, with the
+    bottom model's gradients in ``.grad``, before the optimizer step (``stepping`` is False for
+    a ``Backward`` with ``step=False``). Methods use it to mask or regularize the party's update
+    (a saliency mask, an L1 subgradient) or to accumulate statistics of its gradients
+    (importances) in :attr:`Party.buffers`, without a further round trip.
+    """
+
+    def wrap(fn: GradHook) -> GradHook:
+        if name in _GRAD_HOOKS and _GRAD_HOOKS[name] is not fn:
+            raise ValueError(f"gradient hook '{name}' is already registered")
+        _GRAD_HOOKS[name] = fn
+        return fn
+
+    return wrap
 
 
 @dataclass(frozen=True)
@@ -109,6 +134,10 @@ class Party:
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
         self._replay: _Replay | None = None  # what replays the forward pass, with replay_backward
         self.phase: dict[str, Any] | None = None  # the arguments of the last 'configure'
+        # A method's party-side tensors (importances, masks, learned noise): exported with the
+        # party's state, cleared when a method starts ('clear_buffers').
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.rng: torch.Tensor  # the state of the party's own random stream (set by reset_parameters)
         self.reset_parameters(init_seed)
 
     # -- protocol -----------------------------------------------------------------------------
@@ -124,18 +153,37 @@ class Party:
             op = _OPS.get(request.name)
             if op is None:
                 raise KeyError(f"{self.party_id}: unknown party operation '{request.name}'; known: {registered_ops()}")
-            return Ack(op(self, **request.args) or {})
+            out = op(self, **request.args, **request.tensors) or {}
+            tensors = {k: v.detach() for k, v in out.items() if isinstance(v, torch.Tensor)}
+            return Ack({k: v for k, v in out.items() if k not in tensors}, tensors)
         raise TypeError(f"{self.party_id}: unsupported request {type(request).__name__}")
+
+    @contextmanager
+    def _own_randomness(self) -> Iterator[None]:
+        """Draw from this party's own random stream (dropout masks), not the process's.
+
+        Parties that live in other processes (Flower ClientApps, Ray actors) draw from their own
+        stream anyway; keeping it in the party, and in its exported state, makes every runtime
+        draw the same masks, and keeps the server's stream its own in a local run.
+        """
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self.rng)
+        try:
+            yield
+        finally:
+            self.rng = torch.get_rng_state()
+            torch.set_rng_state(outer)
 
     def embed(self, request: Embed) -> EmbedReply:
         x = self.features.index_select(0, request.ids.to(self.device))
         if request.train:
             self._set_mode(True)
-            if self.replay_backward:
-                self._replay = _Replay(request.ids.clone(), torch.get_rng_state(), _buffers(self.bottom))
-                with torch.no_grad():
-                    return EmbedReply(self.bottom(x))
-            out = self.bottom(x)
+            with self._own_randomness():
+                if self.replay_backward:
+                    self._replay = _Replay(request.ids.clone(), torch.get_rng_state(), _buffers(self.bottom))
+                    with torch.no_grad():
+                        return EmbedReply(self.bottom(x))
+                out = self.bottom(x)
             self._pending = (request.ids, out)
             return EmbedReply(out.detach())
         self._set_mode(False)
@@ -175,12 +223,21 @@ class Party:
             raise RuntimeError(f"{self.party_id}: Backward without a preceding training Embed")
         g = grad.to(self.device)
         out.backward(g)
+        self._run_grad_hook(step)
         if step:
             self._step()
         for _ in range(local_steps - 1):
             self._set_mode(True)
-            self.bottom(self.features.index_select(0, ids.to(self.device))).backward(g)
+            with self._own_randomness():
+                out = self.bottom(self.features.index_select(0, ids.to(self.device)))
+            out.backward(g)
+            self._run_grad_hook(True)
             self._step()
+
+    def _run_grad_hook(self, stepping: bool) -> None:
+        hook = self.phase.get("grad_hook") if self.phase else None
+        if hook is not None:
+            _GRAD_HOOKS[hook](self, stepping, **(self.phase.get("hook_args") or {}))  # type: ignore[union-attr]
 
     def _step(self) -> None:
         if self.optimizer is None:
@@ -214,9 +271,11 @@ class Party:
         if self._pending is not None:
             raise RuntimeError(f"{self.party_id}: cannot export a pending autograd graph; use replay_backward")
         tensors = {f"model/{k}": v for k, v in self.bottom.state_dict().items()}
+        tensors["rng"] = self.rng
         for name, state in self.states.items():
             tensors.update({f"snapshot/{name}/{k}": v for k, v in state.items()})
-        meta: dict[str, Any] = {"snapshots": list(self.states), "phase": self.phase}
+        tensors.update({f"buffer/{k}": v for k, v in self.buffers.items()})
+        meta: dict[str, Any] = {"snapshots": list(self.states), "phase": self.phase, "buffers": list(self.buffers)}
         if isinstance(self.optimizer, LeanSGD):
             tensors.update({f"optim/buf/{k}": b for k, b in self.optimizer.momentum_buffers().items()})
         elif self.optimizer is not None:
@@ -239,7 +298,9 @@ class Party:
             return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
         self.bottom.load_state_dict(group("model/"))
+        self.rng = tensors["rng"].to(torch.uint8)
         self.states = {name: group(f"snapshot/{name}/") for name in meta["snapshots"]}
+        self.buffers = {name: tensors[f"buffer/{name}"] for name in meta.get("buffers", [])}
         self.end_phase()
         if meta.get("phase") is not None:
             _configure(self, **meta["phase"])
@@ -262,8 +323,10 @@ class Party:
             self._replay = _Replay(tensors["replay/ids"], tensors["replay/rng"], group("replay/buf/"))
 
     def reset_parameters(self, seed: int) -> None:
-        """Re-initialize the bottom model as a fresh model seeded with ``seed``."""
+        """Re-initialize the bottom model as a fresh model seeded with ``seed``, and restart
+        the party's random stream from it."""
         reset_parameters(self.bottom, seed)
+        self.rng = torch.Generator().manual_seed(derive_seed(seed, "party-rng")).get_state()
         self.end_phase()
 
     def end_phase(self) -> None:
@@ -275,8 +338,18 @@ class Party:
 
 
 @party_op("configure")
-def _configure(party: Party, optim: dict[str, Any], total_steps: int = 0, trainable: str = "all") -> None:
-    """Set up a fresh optimizer (and schedule over ``total_steps``) for the next phase."""
+def _configure(
+    party: Party,
+    optim: dict[str, Any],
+    total_steps: int = 0,
+    trainable: str = "all",
+    grad_hook: str | None = None,
+    hook_args: dict[str, Any] | None = None,
+) -> None:
+    """Set up a fresh optimizer (and schedule over ``total_steps``) for the next phase, with
+    an optional registered gradient hook (:func:`grad_hook`) called after every backward."""
+    if grad_hook is not None and grad_hook not in _GRAD_HOOKS:
+        raise KeyError(f"{party.party_id}: unknown gradient hook '{grad_hook}'; known: {sorted(_GRAD_HOOKS)}")
     cfg = OptimConfig.model_validate(optim)
     party.end_phase()
     for p in party.bottom.parameters():
@@ -284,6 +357,14 @@ def _configure(party: Party, optim: dict[str, Any], total_steps: int = 0, traina
     party.optimizer = build_optimizer(party.bottom.parameters(), cfg) if trainable == "all" else None
     party.scheduler = build_scheduler(party.optimizer, cfg.schedule, total_steps) if party.optimizer else None
     party.phase = {"optim": optim, "total_steps": total_steps, "trainable": trainable}
+    if grad_hook is not None:
+        party.phase.update(grad_hook=grad_hook, hook_args=hook_args or {})
+
+
+@party_op("clear_buffers")
+def _clear_buffers(party: Party) -> None:
+    """Forget the previous method's party-side tensors (called when a method starts)."""
+    party.buffers = {}
 
 
 @party_op("save_state")

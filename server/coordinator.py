@@ -126,6 +126,7 @@ class UnlearningCoordinator:
             raise ValueError("'original' is reserved for the trained model")
         ctx = ctx or self.context(method)
         self.server.load_state(ORIGINAL)
+        self.server.party_op("clear_buffers")
         before = self.server.transport.stats.snapshot()
         start = time.perf_counter()
         # Methods may draw from the global RNG (dropout); seed it so each method is reproducible alone.

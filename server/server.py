@@ -15,7 +15,7 @@ before the first of those steps; the party makes Q updates with that stale gradi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ from vfl_sim.optim import (
     build_scheduler,
     clear_grads,
 )
-from vfl_sim.protocol import Backward, Embed, EmbedReply, LocalOp, Reply
+from vfl_sim.protocol import Ack, Backward, Embed, EmbedReply, LocalOp, Reply
 from vfl_sim.transport import Transport
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -109,6 +109,26 @@ class Server:
         replies = self.transport.broadcast(LocalOp(op, args))
         return {pid: getattr(r, "info", {}) for pid, r in replies.items()}
 
+    def party_call(
+        self,
+        op: str,
+        args: dict[str, Any] | None = None,
+        tensors: Mapping[str, dict[str, torch.Tensor]] | None = None,
+    ) -> dict[str, Ack]:
+        """Run party-side operation ``op`` on every party in one round trip, with the same
+        ``args`` for all and each party's own ``tensors[party_id]`` (for example the gradient
+        of its own embedding); returns each party's :class:`~vfl_sim.protocol.Ack`."""
+        tensors = tensors or {}
+        replies = self.transport.exchange(
+            {pid: LocalOp(op, dict(args or {}), tensors.get(pid, {})) for pid in self.party_ids}
+        )
+        out: dict[str, Ack] = {}
+        for pid, reply in replies.items():
+            if not isinstance(reply, Ack):
+                raise RuntimeError(f"{pid} answered {type(reply).__name__} to '{op}'")
+            out[pid] = reply
+        return out
+
     def _embeddings(self, replies: dict[str, Reply]) -> list[torch.Tensor]:
         out = []
         for pid in self.party_ids:
@@ -120,17 +140,31 @@ class Server:
 
     # -- training ------------------------------------------------------------------------------
 
-    def configure(self, optim: OptimConfig, total_steps: int, *, parties: bool = True, top: bool = True) -> None:
-        """Fresh optimizers for the next phase on the top model and (if ``parties``) every bottom."""
+    def configure(
+        self,
+        optim: OptimConfig,
+        total_steps: int,
+        *,
+        parties: bool = True,
+        top: bool = True,
+        party_hook: tuple[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Fresh optimizers for the next phase on the top model and (if ``parties``) every bottom.
+
+        ``party_hook`` is ``(name, args)`` of a registered party gradient hook
+        (:func:`parties.party.grad_hook`) that every party runs after each backward.
+        """
         for p in self.top.parameters():
             p.requires_grad_(top)
         self.optimizer = build_optimizer(self.top.parameters(), optim) if top else None
         self.scheduler = build_scheduler(self.optimizer, optim.schedule, total_steps) if self.optimizer else None
+        hook = {"grad_hook": party_hook[0], "hook_args": party_hook[1]} if party_hook is not None else {}
         self.party_op(
             "configure",
             optim=optim.model_dump(mode="json", include=set(OptimConfig.model_fields)),
             total_steps=total_steps,
             trainable="all" if parties else "none",
+            **hook,
         )
 
     def train_epochs(
@@ -146,6 +180,7 @@ class Server:
         update_top: bool = True,
         on_step: StepCallback | None = None,
         local_steps: int | None = None,
+        party_hook: tuple[str, dict[str, Any]] | None = None,
     ) -> None:
         """Split learning over ``ids`` for ``epochs`` epochs.
 
@@ -157,6 +192,7 @@ class Server:
         :class:`~vfl_sim.config.TrainConfig` (the original's training and retraining), else 1
         (exact split learning; the optimizer settings a method builds carry no Q). The
         schedule counts Q steps per batch; ``on_step`` is still called once per batch.
+        ``party_hook`` names a party gradient hook for the phase (see :meth:`configure`).
         """
         ids = ids.to(torch.int64).cpu()
         if ids.numel() == 0:
@@ -165,7 +201,9 @@ class Server:
         if q < 1:
             raise ValueError(f"local_steps must be >= 1, got {q}")
         steps_per_epoch = count_batches(ids.numel(), batch_size)
-        self.configure(optim, epochs * steps_per_epoch * q, parties=update_parties, top=update_top)
+        self.configure(
+            optim, epochs * steps_per_epoch * q, parties=update_parties, top=update_top, party_hook=party_hook
+        )
         for _ in range(epochs):
             self.run_epoch(
                 make_batches(ids, batch_size, generator),

@@ -61,8 +61,14 @@ def _assert_same_outputs(a: dict, b: dict) -> None:
 
 
 def test_flower_sim_matches_local(tmp_path: Path) -> None:
-    """``flwr run`` on the simulation runtime gives the local runtime's results."""
-    cfg = _config("flower-sim", partition={"parties": 3}, methods=["retrain", "neggrad"])
+    """``flwr run`` on the simulation runtime gives the local runtime's results, dropout
+    included: each party draws its masks from its own random stream, kept in its state."""
+    cfg = _config(
+        "flower-sim",
+        partition={"parties": 3},
+        model={"bottom_dropout": 0.2, "top_dropout": 0.2},
+        methods=["retrain", "neggrad"],
+    )
     local = prepare(cfg.model_copy(update={"runtime": "local"})).run(tmp_path / "local")
     watch = Watch()
     lines: list[str] = []

@@ -193,7 +193,7 @@ class FlowerConfig(_Section):
     connect_timeout: Annotated[float, Field(gt=0)] = 120.0
     round_timeout: Annotated[float, Field(gt=0)] = 120.0
     run_timeout: Annotated[float, Field(gt=0)] = 24 * 3600.0
-    poll_interval: Annotated[float, Field(gt=0)] = 0.01
+    poll_interval: Annotated[float, Field(gt=0)] = 0.02
     client_cpus: Annotated[int, Field(ge=1)] = 1
 
     @field_validator("superlink")

@@ -85,13 +85,24 @@ class Backward:
 
 @dataclass(frozen=True)
 class LocalOp:
-    """Run a named party-side operation (state snapshots, resets, a method's local step)."""
+    """Run a named party-side operation (state snapshots, resets, a method's local step).
+
+    ``args`` are small JSON values; ``tensors`` carry what a method's party-side step needs
+    from the server (sample ids, gradients of the party's own embedding). The operation gets
+    both as keyword arguments.
+    """
 
     name: str
     args: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        clash = set(self.args) & set(self.tensors)
+        if clash:
+            raise ValueError(f"LocalOp '{self.name}': {sorted(clash)} given both as argument and as tensor")
 
     def nbytes(self) -> int:
-        return len(self.name) + _value_nbytes(self.args)
+        return len(self.name) + _value_nbytes(self.args) + _value_nbytes(self.tensors)
 
 
 Request = Embed | Backward | LocalOp
@@ -111,12 +122,14 @@ class EmbedReply:
 
 @dataclass(frozen=True)
 class Ack:
-    """A reply without tensors: the operation ran; ``info`` holds small results (metrics)."""
+    """The operation ran; ``info`` holds small results (metrics), ``tensors`` what a method's
+    party-side step returns to the server (embeddings of perturbed inputs, for example)."""
 
     info: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def nbytes(self) -> int:
-        return 1 + _value_nbytes(self.info)
+        return 1 + _value_nbytes(self.info) + _value_nbytes(self.tensors)
 
 
 Reply = EmbedReply | Ack

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import wraps
+from typing import ParamSpec, TypeVar
 
 import numpy as np
+import torch
 
 from vfl_sim.config import ModelConfig
 from vfl_sim.errors import ConfigError
 from vfl_sim.models.bottoms import BottomModel, cnn_bottom, mirage_bottom, mlp_bottom
 from vfl_sim.models.top import TopModel, fused_dim
+
+_P = ParamSpec("_P")
+_M = TypeVar("_M")
+
+
+def _keeps_global_rng(build: Callable[_P, _M]) -> Callable[_P, _M]:
+    """Building a module draws default initializations from the process's random stream; every
+    model here is re-initialized from its own seed, so construction must not move that stream.
+    Otherwise the server's dropout masks would depend on whether the parties were built in the
+    same process (local runtime) or elsewhere (Flower, Ray)."""
+
+    @wraps(build)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _M:
+        with torch.random.fork_rng(devices=[]):
+            return build(*args, **kwargs)
+
+    return wrapper
 
 
 def resolve_bottom_kind(cfg: ModelConfig, party_shape: tuple[int, ...]) -> str:
@@ -18,6 +38,7 @@ def resolve_bottom_kind(cfg: ModelConfig, party_shape: tuple[int, ...]) -> str:
     return "cnn" if len(party_shape) == 3 else "mlp"
 
 
+@_keeps_global_rng
 def build_bottom(cfg: ModelConfig, party_shape: tuple[int, ...]) -> BottomModel:
     """The bottom model for one party whose samples have shape ``party_shape``."""
     kind = resolve_bottom_kind(cfg, party_shape)
@@ -40,6 +61,7 @@ def build_bottom(cfg: ModelConfig, party_shape: tuple[int, ...]) -> BottomModel:
     )
 
 
+@_keeps_global_rng
 def build_top(cfg: ModelConfig, embedding_dims: Sequence[int], num_classes: int) -> TopModel:
     """The server's top model over the fused embeddings."""
     in_features = fused_dim(embedding_dims, cfg.fusion)

@@ -22,6 +22,7 @@ from vfl_sim.protocol import Ack, Backward, Embed, EmbedReply, LocalOp, Reply, R
 
 EMBED, BACKWARD, LOCAL_OP = "query.embed", "train.backward", "train.local_op"
 _LAYER = "layer/"
+_TENSORS = "tensors"  # the ArrayRecord of a LocalOp's or an Ack's tensors
 
 
 def _array(t: torch.Tensor) -> Array:
@@ -53,7 +54,10 @@ def encode_request(request: Request) -> tuple[str, RecordDict]:
             config.update(then_train=request.then.train, then_layers=request.then.layers)
         return BACKWARD, RecordDict({"arrays": ArrayRecord(arrays), "config": ConfigRecord(config)})
     if isinstance(request, LocalOp):
-        return LOCAL_OP, RecordDict({"config": ConfigRecord({"name": request.name, "args": json.dumps(request.args)})})
+        content = RecordDict({"config": ConfigRecord({"name": request.name, "args": json.dumps(request.args)})})
+        if request.tensors:
+            content[_TENSORS] = ArrayRecord({k: _array(t) for k, t in request.tensors.items()})
+        return LOCAL_OP, content
     raise TypeError(f"cannot encode {type(request).__name__}")
 
 
@@ -71,10 +75,10 @@ def decode_request(message_type: str, content: RecordDict) -> Request:
                 _tensor(arrays["then_ids"]), train=bool(config["then_train"]), layers=bool(config["then_layers"])
             )
         # A message without the key (written before local updates existed) means one update.
-        local_steps = int(config["local_steps"]) if "local_steps" in config else 1
+        local_steps = int(str(config["local_steps"])) if "local_steps" in config else 1
         return Backward(_tensor(arrays["grad"]), step=bool(config["step"]), then=then, local_steps=local_steps)
     if message_type == LOCAL_OP:
-        return LocalOp(str(config["name"]), json.loads(str(config["args"])))
+        return LocalOp(str(config["name"]), json.loads(str(config["args"])), _tensors(content))
     raise ValueError(f"unknown message type '{message_type}'; expected {EMBED}, {BACKWARD} or {LOCAL_OP}")
 
 
@@ -84,7 +88,10 @@ def encode_reply(reply: Reply) -> RecordDict:
         arrays = {"embedding": _array(reply.embedding)}
         arrays.update({_LAYER + name: _array(t) for name, t in (reply.layers or {}).items()})
         return RecordDict({"arrays": ArrayRecord(arrays)})
-    return RecordDict({"config": ConfigRecord({"info": json.dumps(reply.info)})})
+    content = RecordDict({"config": ConfigRecord({"info": json.dumps(reply.info)})})
+    if reply.tensors:
+        content[_TENSORS] = ArrayRecord({k: _array(t) for k, t in reply.tensors.items()})
+    return content
 
 
 def decode_reply(content: RecordDict) -> Reply:
@@ -93,7 +100,13 @@ def decode_reply(content: RecordDict) -> Reply:
         arrays = content.array_records["arrays"]
         layers = {k[len(_LAYER) :]: _tensor(v) for k, v in arrays.items() if k.startswith(_LAYER)}
         return EmbedReply(_tensor(arrays["embedding"]), layers or None)
-    return Ack(json.loads(str(content.config_records["config"]["info"])))
+    return Ack(json.loads(str(content.config_records["config"]["info"])), _tensors(content))
+
+
+def _tensors(content: RecordDict) -> dict[str, torch.Tensor]:
+    if _TENSORS not in content.array_records:
+        return {}
+    return {k: _tensor(v) for k, v in content.array_records[_TENSORS].items()}
 
 
 def content_nbytes(content: RecordDict) -> int:

@@ -1,0 +1,6 @@
+"""The party-side steps of the built-in unlearning methods.
+
+Each module registers the operations (:func:`parties.party.party_op`) and gradient hooks
+(:func:`parties.party.grad_hook`) of one method family; importing this package registers them
+all, so every process that hosts a party (local, Flower ClientApp, Ray actor) knows them.
+"""
