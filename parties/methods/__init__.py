@@ -4,3 +4,6 @@ Each module registers the operations (:func:`parties.party.party_op`) and gradie
 (:func:`parties.party.grad_hook`) of one method family; importing this package registers them
 all, so every process that hosts a party (local, Flower ClientApp, Ray actor) knows them.
 """
+
+from parties.methods import importance as _importance  # noqa: F401  (Fisher and SSD statistics and edits)
+from parties.methods import saliency as _saliency  # noqa: F401  (SalUn mask, l1-sparse subgradient)
