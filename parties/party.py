@@ -405,3 +405,23 @@ def _digest(party: Party, name: str | None = None) -> dict[str, Any]:
     """SHA-256 of the current (or a saved) state: lets the server check nothing changed."""
     state = party.states[name] if name is not None else party.bottom.state_dict()
     return {"sha256": state_digest(state)}
+
+
+@party_op("mask_columns")
+def _mask_columns(party: Party, columns: list[int]) -> None:
+    """Stop the current model from reading ``columns`` of this party's view (feature
+    unlearning): their entries of the bottom model's input mask become zero."""
+    mask = party.bottom.input_mask
+    width = mask.shape[-1]
+    bad = [c for c in columns if not 0 <= c < width]
+    if bad:
+        raise IndexError(f"{party.party_id}: column {bad[0]} is outside its {width} columns")
+    with torch.no_grad():
+        mask[..., columns] = 0.0
+
+
+@party_op("masked_columns")
+def _masked_columns(party: Party) -> dict[str, Any]:
+    """The columns the current model does not read."""
+    mask = party.bottom.input_mask.reshape(-1, party.bottom.input_mask.shape[-1])[0]
+    return {"columns": [int(c) for c in torch.nonzero(mask == 0).flatten().tolist()]}

@@ -9,7 +9,10 @@ snapshot itself is never written to.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +22,21 @@ import torch
 from server.methods.base import ForgetSet, UnlearningContext, UnlearningMethod
 from server.server import Server
 from vfl_sim.config import ForgetConfig, TrainConfig
+from vfl_sim.data.partition import PartySlice
 from vfl_sim.errors import ForgetRequestError
+from vfl_sim.protocol import LocalOp
 from vfl_sim.seeding import derive_seed, torch_generator
 from vfl_sim.transport import CommStats
 
 ORIGINAL = "original"
+
+
+def request_id(request: ForgetConfig) -> str:
+    """The request's ``id``, or one derived from its content (the same request, the same id)."""
+    if request.id is not None:
+        return request.id
+    body = json.dumps(request.model_dump(mode="json", exclude_none=True, exclude={"id"}), sort_keys=True)
+    return f"{request.kind}-{hashlib.sha256(body.encode()).hexdigest()[:12]}"
 
 
 def resolve_forget_request(
@@ -34,15 +47,34 @@ def resolve_forget_request(
     labels: np.ndarray,
     num_classes: int,
     seed: int,
+    slices: Sequence[PartySlice] = (),
+    column_names: Sequence[str] | None = None,
 ) -> ForgetSet:
-    """Turn a forget request into forget and retain training ids.
+    """Turn a forget request into forget and retain training ids (and, for party and feature
+    requests, the party and its columns).
+
+    Party and feature requests keep every training sample (``forget_ids`` is empty): what goes
+    is a party's contribution, or some of its columns, for all samples.
 
     Raises
     ------
     ForgetRequestError
-        Unknown classes, ids that are not training samples, or a request that would forget
-        every training sample.
+        Unknown classes, ids that are not training samples, a request that would forget every
+        training sample, an unknown party, columns the party does not hold.
     """
+    rid = request_id(request)
+    described = {**request.model_dump(mode="json", exclude_none=True), "id": rid}
+    if request.kind in ("party", "features"):
+        party, columns = _resolve_party(request, slices, column_names)
+        return ForgetSet(
+            kind=request.kind,
+            forget_ids=torch.zeros(0, dtype=torch.int64),
+            retain_ids=torch.from_numpy(train_ids.copy()),
+            request=described,
+            request_id=rid,
+            party=party,
+            columns=columns,
+        )
     train_labels = labels[train_ids]
     if request.kind == "class":
         assert request.classes is not None
@@ -69,12 +101,18 @@ def resolve_forget_request(
             mask = np.isin(train_ids, ids)
         else:
             assert request.fraction is not None
-            n = max(1, int(round(request.fraction * train_ids.size)))
-            chosen = np.random.default_rng(derive_seed(seed, "forget-fraction")).choice(
-                train_ids.size, n, replace=False
-            )
+            rng = np.random.default_rng(derive_seed(seed, "forget-fraction"))
             mask = np.zeros(train_ids.size, dtype=bool)
-            mask[chosen] = True
+            if request.stratified:
+                # The same fraction of every class (at least one sample each), so the forget set
+                # has the training set's class proportions.
+                for c in np.unique(train_labels):
+                    rows = np.flatnonzero(train_labels == c)
+                    n_c = max(1, int(round(request.fraction * rows.size)))
+                    mask[rng.choice(rows, n_c, replace=False)] = True
+            else:
+                n = max(1, int(round(request.fraction * train_ids.size)))
+                mask[rng.choice(train_ids.size, n, replace=False)] = True
     if mask.all():
         raise ForgetRequestError("the forget request covers every training sample; nothing would be retained")
     return ForgetSet(
@@ -82,8 +120,51 @@ def resolve_forget_request(
         forget_ids=torch.from_numpy(train_ids[mask].copy()),
         retain_ids=torch.from_numpy(train_ids[~mask].copy()),
         classes=classes,
-        request=request.model_dump(mode="json", exclude_none=True),
+        request=described,
+        request_id=rid,
     )
+
+
+def _resolve_party(
+    request: ForgetConfig, slices: Sequence[PartySlice], column_names: Sequence[str] | None
+) -> tuple[str, tuple[int, ...]]:
+    """The party of a party or feature request, and the requested columns as positions in that
+    party's own view (flat columns, or pixel columns of its image strip)."""
+    by_id = {s.party_id: s for s in slices}
+    if request.party not in by_id:
+        raise ForgetRequestError(f"forget.party: '{request.party}' is not a party; parties: {', '.join(by_id)}")
+    if request.kind == "party" and len(slices) < 2:
+        raise ForgetRequestError("forget.kind 'party': the only party cannot leave; nothing would remain")
+    piece = by_id[request.party]
+    if request.kind == "party":
+        return piece.party_id, ()
+    assert request.columns is not None
+    if piece.strip is not None:
+        start, stop = piece.strip
+        held = list(range(start, stop))
+        what = f"pixel columns {start}..{stop - 1} of the image width"
+    else:
+        assert piece.columns is not None
+        held = list(piece.columns)
+        what = f"{len(held)} columns"
+    local: list[int] = []
+    for col in request.columns:
+        if isinstance(col, str):
+            if not column_names or col not in column_names:
+                named = "its columns have no names; give indices" if not column_names else f"no column '{col}'"
+                raise ForgetRequestError(f"forget.columns: {named}")
+            col = list(column_names).index(col)
+        if col not in held:
+            raise ForgetRequestError(
+                f"forget.columns: column {col} is not held by {piece.party_id} (it holds {what}); "
+                "a feature request names columns of one party"
+            )
+        local.append(held.index(col))
+    if len(set(local)) == len(held):
+        raise ForgetRequestError(
+            f"forget.columns: that is every column of {piece.party_id}; use forget.kind 'party' to remove the party"
+        )
+    return piece.party_id, tuple(sorted(set(local)))
 
 
 @dataclass(frozen=True)
@@ -118,6 +199,7 @@ class UnlearningCoordinator:
             seed=method_seed,
             top_seed=self.top_seed,
             on_step=on_step,
+            apply_removal=self.apply_removal,
         )
 
     def run(self, method: UnlearningMethod, ctx: UnlearningContext | None = None) -> MethodRun:
@@ -129,10 +211,36 @@ class UnlearningCoordinator:
         self.server.party_op("clear_buffers")
         before = self.server.transport.stats.snapshot()
         start = time.perf_counter()
+        # A party or feature request defines the unlearned model as one without that party (or
+        # those columns): every method starts from the original with them cut off.
+        self.apply_removal()
         # Methods may draw from the global RNG (dropout); seed it so each method is reproducible alone.
         torch.manual_seed(ctx.seed)
         method.unlearn(ctx)
         runtime = time.perf_counter() - start
         comm = self.server.transport.stats.since(before)
+        self.check_removal(method.name)
         self.server.save_state(method.name)
         return MethodRun(method.name, runtime, comm)
+
+    def apply_removal(self) -> None:
+        """Cut the request's party (or its columns) out of the current model."""
+        f = self.forget
+        if f.kind == "party":
+            assert f.party is not None
+            self.server.remove_party(f.party)
+        elif f.kind == "features":
+            assert f.party is not None
+            self.server.transport.exchange({f.party: LocalOp("mask_columns", {"columns": list(f.columns)})})
+
+    def check_removal(self, method: str) -> None:
+        """Fail when a method's model reads the removed party or columns again."""
+        f = self.forget
+        if f.kind == "party" and f.party in self.server.active_party_ids:
+            raise RuntimeError(f"method '{method}' left a model that reads the removed party {f.party}")
+        if f.kind == "features":
+            assert f.party is not None
+            reply = self.server.transport.exchange({f.party: LocalOp("masked_columns")})[f.party]
+            masked = set(getattr(reply, "info", {}).get("columns", []))
+            if not set(f.columns) <= masked:
+                raise RuntimeError(f"method '{method}' left a model that reads removed columns of {f.party}")

@@ -31,7 +31,7 @@ from vfl_sim.optim import (
     build_scheduler,
     clear_grads,
 )
-from vfl_sim.protocol import Ack, Backward, Embed, EmbedReply, LocalOp, Reply
+from vfl_sim.protocol import Ack, Backward, Embed, EmbedReply, LocalOp, Reply, Request
 from vfl_sim.transport import Transport
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -129,14 +129,40 @@ class Server:
             out[pid] = reply
         return out
 
+    @property
+    def active_party_ids(self) -> list[str]:
+        """The parties whose embeddings the current top model reads (all but those that left)."""
+        mask = self.top.party_mask
+        if mask.numel() == 0:
+            return list(self.party_ids)
+        return [pid for pid, m in zip(self.party_ids, mask.tolist()) if m > 0]
+
+    def remove_party(self, party_id: str) -> None:
+        """Make the current model one without ``party_id``: the top model reads zeros in place
+        of its embedding, and the party is no longer asked for embeddings or sent gradients."""
+        if party_id not in self.party_ids:
+            raise KeyError(f"unknown party '{party_id}'; parties: {self.party_ids}")
+        if self.top.party_mask.numel() != len(self.party_ids):
+            raise RuntimeError("the top model has no party mask for these parties")
+        with torch.no_grad():
+            self.top.party_mask[self.party_ids.index(party_id)] = 0.0
+
+    def _ask(self, request: Request) -> dict[str, Reply]:
+        return self.transport.exchange({pid: request for pid in self.active_party_ids})
+
     def _embeddings(self, replies: dict[str, Reply]) -> list[torch.Tensor]:
-        out = []
+        """Embeddings in party order; zeros for a party that left (it sent none)."""
+        out: list[torch.Tensor | None] = []
         for pid in self.party_ids:
-            reply = replies[pid]
+            reply = replies.get(pid)
+            if reply is None:
+                out.append(None)
+                continue
             if not isinstance(reply, EmbedReply):
                 raise RuntimeError(f"{pid} answered {type(reply).__name__} where an embedding was expected")
             out.append(reply.embedding.to(self.device))
-        return out
+        present = next(e for e in out if e is not None)
+        return [e if e is not None else torch.zeros_like(present) for e in out]
 
     # -- training ------------------------------------------------------------------------------
 
@@ -235,7 +261,7 @@ class Server:
         if local_steps < 1:
             raise ValueError(f"local_steps must be >= 1, got {local_steps}")
         self.top.train()  # once per epoch; parties switch their own mode per request
-        replies = self.transport.broadcast(Embed(batches[0], train=update_parties))
+        replies = self._ask(Embed(batches[0], train=update_parties))
         for t, batch in enumerate(batches):
             leaves = [e.requires_grad_(update_parties) for e in self._embeddings(replies)]
             logits = self.top(fuse(leaves, self.fusion))
@@ -252,14 +278,16 @@ class Server:
                     self._local_top_steps(leaves, labels, batch, loss_fn, local_steps - 1)
             nxt = Embed(batches[t + 1], train=update_parties) if t + 1 < len(batches) else None
             if update_parties:
+                active = set(self.active_party_ids)
                 replies = self.transport.exchange(
                     {
                         pid: Backward(leaf.grad, then=nxt, local_steps=local_steps)  # type: ignore[arg-type]
                         for pid, leaf in zip(self.party_ids, leaves)
+                        if pid in active
                     }
                 )
             elif nxt is not None:
-                replies = self.transport.broadcast(nxt)
+                replies = self._ask(nxt)
             if on_step is not None:
                 on_step(float(loss.detach()))
 
@@ -290,11 +318,11 @@ class Server:
         chunks: list[list[torch.Tensor]] = [[] for _ in self.party_ids]
         layer_chunks: dict[str, dict[str, list[torch.Tensor]]] = {pid: {} for pid in self.party_ids}
         for batch in torch.split(ids, batch_size):
-            replies = self.transport.broadcast(Embed(batch, train=False, layers=layers))
-            for k, pid in enumerate(self.party_ids):
-                reply = replies[pid]
+            replies = self._ask(Embed(batch, train=False, layers=layers))
+            for k, embedding in enumerate(self._embeddings(replies)):
+                chunks[k].append(embedding)
+            for pid, reply in replies.items():
                 assert isinstance(reply, EmbedReply)
-                chunks[k].append(reply.embedding.to(self.device))
                 for name, t in (reply.layers or {}).items():
                     layer_chunks[pid].setdefault(name, []).append(t)
         embeddings = [torch.cat(c) for c in chunks]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vfl_sim.protocol import Ack, Backward, Embed, EmbedReply, LocalOp
+from vfl_sim.protocol import Ack, Backward, Embed, EmbedReply, LocalOp, tensor_nbytes
 from vfl_sim.runtimes.flower_codec import (
     BACKWARD,
     EMBED,
@@ -68,3 +68,20 @@ def test_unknown_message_type() -> None:
     _, content = encode_request(Embed(torch.arange(2)))
     with pytest.raises(ValueError, match="unknown message type 'query.nope'"):
         decode_request("query.nope", content)
+
+
+def test_local_op_and_ack_carry_tensors() -> None:
+    grad, ids = torch.randn(4, 3), torch.arange(4)
+    kind, out, content = _roundtrip(LocalOp("attack", {"eps": 0.1}, {"grad": grad, "ids": ids}))
+    assert kind == LOCAL_OP and isinstance(out, LocalOp) and out.args == {"eps": 0.1}
+    assert torch.equal(out.tensors["grad"], grad) and torch.equal(out.tensors["ids"], ids)
+    # Flower counts the tensors' bytes as the protocol does.
+    assert content_nbytes(content) >= tensor_nbytes(grad) + tensor_nbytes(ids)
+    reply = decode_reply(encode_reply(Ack({"n": 4}, {"embedding": grad})))
+    assert isinstance(reply, Ack) and reply.info == {"n": 4} and torch.equal(reply.tensors["embedding"], grad)
+    assert LocalOp("a", {}, {"g": grad}).nbytes() == LocalOp("a").nbytes() + 1 + tensor_nbytes(grad)
+
+
+def test_local_op_refuses_a_name_given_twice() -> None:
+    with pytest.raises(ValueError, match=r"\['x'\] given both"):
+        LocalOp("op", {"x": 1}, {"x": torch.zeros(1)})

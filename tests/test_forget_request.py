@@ -160,3 +160,80 @@ def test_prepare_rejects_class_out_of_range() -> None:
     cfg = config_from_dict({"data": {"name": "wine"}, "forget": {"classes": [3]}, "methods": ["retrain"]})
     with pytest.raises(ForgetRequestError, match=r"classes are 0\.\.2"):
         prepare(cfg)
+
+
+def test_stratified_fraction_keeps_class_proportions(data: dict[str, np.ndarray]) -> None:
+    fs = _resolve(data, kind="samples", fraction=0.2, stratified=True)
+    _check_partition_of_train(fs, data["train_ids"])
+    train_counts = np.bincount(data["labels"][data["train_ids"]], minlength=NUM_CLASSES)
+    forget_counts = np.bincount(data["labels"][fs.forget_ids.numpy()], minlength=NUM_CLASSES)
+    assert np.array_equal(forget_counts, np.round(0.2 * train_counts).astype(int))
+    again = _resolve(data, kind="samples", fraction=0.2, stratified=True)
+    assert torch.equal(fs.forget_ids, again.forget_ids)
+
+
+def test_request_ids_are_given_or_derived_from_content(data: dict[str, np.ndarray]) -> None:
+    a = _resolve(data, kind="class", classes=[1])
+    assert a.request_id.startswith("class-") and a.request_id == _resolve(data, kind="class", classes=[1]).request_id
+    assert a.request_id != _resolve(data, kind="class", classes=[2]).request_id
+    assert _resolve(data, kind="class", classes=[1], id="gdpr-17").request_id == "gdpr-17"
+    with pytest.raises(VflSimError, match=r"forget\.id: String should match pattern"):
+        config_from_dict({"forget": {"kind": "class", "classes": [1], "id": "has space"}})
+
+
+def _slices():
+    from vfl_sim.data.partition import PartySlice
+
+    return [PartySlice("party_0", columns=(0, 1, 2)), PartySlice("party_1", columns=(3, 4, 5, 6))]
+
+
+def _resolve_party(data: dict[str, np.ndarray], names=None, **request: object):
+    return resolve_forget_request(
+        ForgetConfig(**request),  # type: ignore[arg-type]
+        train_ids=data["train_ids"],
+        test_ids=data["test_ids"],
+        labels=data["labels"],
+        num_classes=NUM_CLASSES,
+        seed=0,
+        slices=_slices(),
+        column_names=names,
+    )
+
+
+def test_party_and_feature_requests_keep_every_sample(data: dict[str, np.ndarray]) -> None:
+    fs = _resolve_party(data, kind="party", party="party_1")
+    assert fs.party == "party_1" and fs.forget_ids.numel() == 0
+    assert np.array_equal(fs.retain_ids.numpy(), data["train_ids"]) and fs.removes_data_of_a_party
+    names = [f"c{i}" for i in range(7)]
+    fs = _resolve_party(data, names, kind="features", party="party_1", columns=["c5", 3])
+    assert fs.party == "party_1" and fs.columns == (0, 2)  # positions in party_1's own view
+
+
+@pytest.mark.parametrize(
+    ("request_", "names", "message"),
+    [
+        ({"kind": "party", "party": "party_9"}, None, "'party_9' is not a party; parties: party_0, party_1"),
+        ({"kind": "features", "party": "party_0", "columns": [4]}, None, "column 4 is not held by party_0"),
+        ({"kind": "features", "party": "party_0", "columns": ["c1"]}, None, "its columns have no names"),
+        ({"kind": "features", "party": "party_0", "columns": ["zz"]}, ["c"] * 7, "no column 'zz'"),
+        ({"kind": "features", "party": "party_0", "columns": [0, 1, 2]}, None, "every column of party_0"),
+    ],
+)
+def test_bad_party_and_feature_requests(data, request_, names, message) -> None:
+    with pytest.raises(ForgetRequestError, match=message):
+        _resolve_party(data, names, **request_)
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        ({"kind": "party"}, "needs forget.party"),
+        ({"kind": "features", "party": "party_0"}, "needs forget.columns"),
+        ({"kind": "class", "classes": [1], "party": "party_0"}, "forget.party is for kind 'party' or 'features'"),
+        ({"kind": "samples", "ids": [1], "stratified": True}, "stratified applies to forget.fraction"),
+        ({"kind": "party", "party": "party_0", "classes": [1]}, "forget.classes is for kind 'class', not 'party'"),
+    ],
+)
+def test_bad_request_kinds_are_config_errors(request_, message) -> None:
+    with pytest.raises(VflSimError, match=message):
+        config_from_dict({"forget": request_})

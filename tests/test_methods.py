@@ -139,7 +139,10 @@ def test_user_method_registers_and_runs(digits_experiment: Experiment) -> None:
 
 
 def test_unknown_method_lists_available() -> None:
-    with pytest.raises(RegistryError, match="unknown unlearning method 'nope'; available: finetune, neggrad, retrain"):
+    with pytest.raises(
+        RegistryError,
+        match=r"unknown unlearning method 'nope'; available: (\w+, )*finetune, (\w+, )*neggrad, (\w+, )*retrain",
+    ):
         build_method("nope", {}, "class")
 
 

@@ -142,27 +142,52 @@ class TrainConfig(OptimConfig):
 
 
 class ForgetConfig(_Section):
-    """A forget request: a set of classes, or a set of training samples (by id or fraction)."""
+    """A forget request.
 
-    kind: Literal["class", "samples"] = "class"
+    Kinds: ``class`` (``classes``), ``samples`` (``ids``, or a seeded ``fraction`` of the
+    training set, ``stratified`` by class if asked), ``party`` (passive party ``party`` leaves:
+    remove its contribution), ``features`` (``columns`` of party ``party``: names where the
+    dataset names its columns, or column indices). ``id`` names the request in the run's ledger
+    (default: derived from the request itself).
+    """
+
+    kind: Literal["class", "samples", "party", "features"] = "class"
+    id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
     classes: list[Annotated[int, Field(ge=0)]] | None = None
     ids: list[Annotated[int, Field(ge=0)]] | None = None
     fraction: Annotated[float, Field(gt=0, lt=1)] | None = None
+    stratified: bool = False
+    party: str | None = None
+    columns: list[int | str] | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> ForgetConfig:
-        if self.kind == "class":
-            if not self.classes:
-                raise ValueError("forget.kind 'class' needs forget.classes, a non-empty list of class indices")
-            if self.ids is not None or self.fraction is not None:
-                raise ValueError("forget.ids and forget.fraction are for kind 'samples', not 'class'")
-        else:
+        fields = {
+            "class": {"classes"},
+            "samples": {"ids", "fraction", "stratified"},
+            "party": {"party"},
+            "features": {"party", "columns"},
+        }
+        given = {k for k in ("classes", "ids", "fraction", "party", "columns") if getattr(self, k) is not None}
+        if self.stratified:
+            given.add("stratified")
+        stray = sorted(given - fields[self.kind])
+        if stray:
+            owners = " or ".join(f"'{k}'" for k, fs in fields.items() if stray[0] in fs)
+            raise ValueError(f"forget.{stray[0]} is for kind {owners}, not '{self.kind}'")
+        if self.kind == "class" and not self.classes:
+            raise ValueError("forget.kind 'class' needs forget.classes, a non-empty list of class indices")
+        if self.kind == "samples":
             if (self.ids is None) == (self.fraction is None):
                 raise ValueError("forget.kind 'samples' needs exactly one of forget.ids or forget.fraction")
             if self.ids is not None and not self.ids:
                 raise ValueError("forget.ids is empty")
-            if self.classes is not None:
-                raise ValueError("forget.classes is for kind 'class', not 'samples'")
+            if self.stratified and self.fraction is None:
+                raise ValueError("forget.stratified applies to forget.fraction, not to explicit ids")
+        if self.kind in ("party", "features") and not self.party:
+            raise ValueError(f"forget.kind '{self.kind}' needs forget.party, a party id such as party_1")
+        if self.kind == "features" and not self.columns:
+            raise ValueError("forget.kind 'features' needs forget.columns, a non-empty list of column names or indices")
         return self
 
 

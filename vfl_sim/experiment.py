@@ -205,12 +205,16 @@ class Experiment:
         labels = self.dataset.labels[ids]
         if self.forget.kind == "class":
             forget = np.isin(labels, self.forget.classes)
+        elif self.forget.removes_data_of_a_party:
+            forget = np.zeros(ids.size, dtype=bool)  # every sample stays; a party's data goes
         else:
             forget = np.isin(ids, self.forget.forget_ids.numpy())
         return AuditData(kind=self.forget.kind, labels=labels, split=split, forget=forget, models={}, meta={"ids": ids})
 
     def check_audit(self) -> None:
         """Fail before training when the audit samples cannot support a linear probe."""
+        if self.forget.removes_data_of_a_party:
+            return  # no forgotten samples to probe for
         frame = self.audit_frame()
         rows = probe_samples(frame, 0)
         try:
@@ -241,12 +245,13 @@ class Experiment:
     def audit(self, data: AuditData) -> dict[str, dict[str, dict[str, Any]]]:
         """Run the auditors; returns ``{model: {section: result}}``."""
         a = self.cfg.audit
-        auditors = [
-            get_auditor("output")(),
-            RepresentationAuditor(
-                eval_fraction=a.probe_eval_fraction, C=a.probe_C, seed=derive_seed(self.cfg.seed, "probe")
-            ),
-        ]
+        auditors = [get_auditor("output")()]
+        if not self.forget.removes_data_of_a_party:  # the probe looks for forgotten samples
+            auditors.append(
+                RepresentationAuditor(
+                    eval_fraction=a.probe_eval_fraction, C=a.probe_C, seed=derive_seed(self.cfg.seed, "probe")
+                )
+            )
         out: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in data.models}
         for auditor in auditors:
             for model, result in auditor.audit(data).items():
@@ -323,6 +328,8 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
         labels=dataset.labels,
         num_classes=dataset.num_classes,
         seed=cfg.seed,
+        slices=slices,
+        column_names=dataset.column_names,
     )
     methods = [build_method(m.name, m.params, forget.kind) for m in cfg.methods]
     for auditor in AUDITORS:

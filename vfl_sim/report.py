@@ -38,7 +38,8 @@ def results_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     ]
     rows = []
     for name, m in report["models"].items():
-        o, f = m["output"], m["representation"]["fused"]
+        # Party and feature requests have no forgotten samples to probe for (no representation).
+        o, f = m["output"], m.get("representation", {}).get("fused", {})
         rows.append(
             [
                 name,
@@ -47,10 +48,10 @@ def results_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 _fmt(o["forget_test_acc"], True),
                 _fmt(o["retain_train_acc"], True),
                 _fmt(o["forget_train_acc"], True),
-                _fmt(f["lpr"], True),
-                _fmt(f["lpr_gap"], True, True),
-                _fmt(f["cka_original"]),
-                _fmt(f["cka_retrain"]),
+                _fmt(f.get("lpr"), True),
+                _fmt(f.get("lpr_gap"), True, True),
+                _fmt(f.get("cka_original")),
+                _fmt(f.get("cka_retrain")),
             ]
         )
     return header, rows
@@ -61,7 +62,7 @@ def party_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["model", "party", "LPR %", "LPR gap", "AUROC", "CKA orig", "CKA retrain"]
     rows = []
     for name, m in report["models"].items():
-        for pid, r in m["representation"]["parties"].items():
+        for pid, r in m.get("representation", {}).get("parties", {}).items():
             rows.append(
                 [
                     name,
@@ -85,7 +86,14 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def write_markdown(report: dict[str, Any]) -> str:
     """Human-readable summary of a report."""
     d, f = report["dataset"], report["forget_request"]
-    target = f"classes {f['classes']}" if f["kind"] == "class" else f"{f['forget_train_samples']} training samples"
+    if f["kind"] == "class":
+        target = f"classes {f['classes']}"
+    elif f["kind"] == "party":
+        target = f"{f['party']} leaves"
+    elif f["kind"] == "features":
+        target = f"columns {f['columns']} of {f['party']}"
+    else:
+        target = f"{f['forget_train_samples']} training samples"
     parts = [
         f"# {report['name']}",
         "",

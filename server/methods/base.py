@@ -26,7 +26,9 @@ class ForgetSet:
     """A resolved forget request: which training samples go, which stay.
 
     ``classes`` is set for class requests (the forgotten labels); ``forget_ids`` are always
-    training-sample ids, and ``retain_ids`` are the remaining training ids.
+    training-sample ids, and ``retain_ids`` are the remaining training ids. Party and feature
+    requests set ``party`` (and ``columns``, positions in that party's own view) and keep every
+    training sample.
     """
 
     kind: str
@@ -34,6 +36,9 @@ class ForgetSet:
     retain_ids: torch.Tensor
     classes: tuple[int, ...] = ()
     request: dict[str, Any] = field(default_factory=dict)
+    request_id: str = ""
+    party: str | None = None
+    columns: tuple[int, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -43,6 +48,12 @@ class ForgetSet:
             "forget_train_samples": int(self.forget_ids.numel()),
             "retain_train_samples": int(self.retain_ids.numel()),
         }
+
+    @property
+    def removes_data_of_a_party(self) -> bool:
+        """Party and feature requests: a party's contribution (or some of its columns) goes
+        for every sample, rather than some samples for every party."""
+        return self.kind in ("party", "features")
 
 
 @dataclass
@@ -65,6 +76,10 @@ class UnlearningContext:
         Seed of the top model's initialization in the original run.
     on_step
         Progress callback, called with the loss after every step.
+    apply_removal
+        Cuts the request's party (or its columns) out of the current model; the coordinator has
+        done so before the method starts. A method that loads another snapshot (the original
+        as a teacher, for example) calls it again before training its own model.
     """
 
     server: Server
@@ -74,6 +89,7 @@ class UnlearningContext:
     seed: int
     top_seed: int
     on_step: Callable[[float], None] | None = None
+    apply_removal: Callable[[], None] = lambda: None
 
     def steps(self, ids: torch.Tensor, epochs: int, batch_size: int | None = None) -> int:
         """Number of optimizer steps of a phase over ``ids`` (for progress bars)."""

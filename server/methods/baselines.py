@@ -25,10 +25,13 @@ class Retrain(UnlearningMethod):
 
     The gold standard every audit compares against (Cao and Yang, "Towards Making Systems
     Forget with Machine Unlearning", IEEE S&P 2015). Same recipe as the original (optimizer,
-    schedule, batch size, epochs); the forget samples are never sent to any party.
+    schedule, batch size, epochs); the forget samples are never sent to any party. For a party
+    or feature request the model trains without that party's embedding (or those columns) from
+    the start, as the coordinator has cut them off before the method runs.
     """
 
     Params = RetrainParams
+    supports = frozenset({"class", "samples", "party", "features"})
 
     def unlearn(self, ctx: UnlearningContext) -> None:
         assert isinstance(self.params, RetrainParams)
@@ -59,9 +62,12 @@ class Finetune(UnlearningMethod):
     The standard baseline of Warnecke et al. ("Machine Unlearning of Features and Labels",
     NDSS 2023) and Jia et al. ("Model Sparsity Can Simplify Machine Unlearning", NeurIPS 2023):
     a few epochs of ordinary training on the retain set, starting from the original model.
+    For a party or feature request: the original with the party (or columns) cut off, fine-tuned
+    on every training sample so the rest of the model adapts to their absence.
     """
 
     Params = FinetuneParams
+    supports = frozenset({"class", "samples", "party", "features"})
 
     def unlearn(self, ctx: UnlearningContext) -> None:
         assert isinstance(self.params, PhaseParams)

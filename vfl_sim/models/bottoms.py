@@ -20,22 +20,35 @@ def _pool(t: torch.Tensor) -> torch.Tensor:
 
 
 class BottomModel(nn.Module):
-    """A party's bottom model: named stages applied in order; the last gives the embedding."""
+    """A party's bottom model: named stages applied in order; the last gives the embedding.
 
-    def __init__(self, stages: Sequence[tuple[str, nn.Module]], embedding_dim: int) -> None:
+    ``input_mask`` (a buffer, ones by default, shape ``mask_shape``: ``(D,)`` for flat inputs,
+    ``(1, 1, W)`` for images, one entry per pixel column) multiplies the input. Feature
+    unlearning zeroes the entries of removed columns, so a model that forgot them no longer
+    reads them (the inputs are standardized, so zero is the training mean); being a buffer, the
+    mask is part of every snapshot and checkpoint of the model.
+    """
+
+    input_mask: torch.Tensor
+
+    def __init__(
+        self, stages: Sequence[tuple[str, nn.Module]], embedding_dim: int, mask_shape: Sequence[int] = (1,)
+    ) -> None:
         super().__init__()
         self.stages = nn.Sequential(OrderedDict(stages))
         self.embedding_dim = embedding_dim
+        self.register_buffer("input_mask", torch.ones(tuple(mask_shape)))
 
     @property
     def layer_names(self) -> list[str]:
         return list(self.stages._modules)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(x)
+        return self.stages(x * self.input_mask)
 
     def forward_layers(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The embedding and every named stage's pooled output (the last stage is the embedding)."""
+        x = x * self.input_mask
         layers: dict[str, torch.Tensor] = {}
         for name, stage in self.stages.named_children():
             x = stage(x)
@@ -59,7 +72,7 @@ def mlp_bottom(
         stages.append((f"fc{i + 1}", nn.Sequential(*parts)))
         width = h
     stages.append(("embedding", nn.Sequential(nn.Flatten(1), nn.Linear(width, embedding_dim))))
-    return BottomModel(stages, embedding_dim)
+    return BottomModel(stages, embedding_dim, (in_features,))
 
 
 def _conv_bn_relu(c_in: int, c_out: int, batch_norm: bool) -> list[nn.Module]:
@@ -88,7 +101,7 @@ def cnn_bottom(
         stages.append((f"conv{i + 1}", nn.Sequential(*_conv_bn_relu(c, c_out, batch_norm), nn.MaxPool2d((kh, kw)))))
         c, h, w = c_out, h // kh, w // kw
     stages.append(("embedding", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(c, embedding_dim))))
-    return BottomModel(stages, embedding_dim)
+    return BottomModel(stages, embedding_dim, (1, 1, in_shape[2]))
 
 
 def mirage_bottom(in_shape: tuple[int, int, int], embedding_dim: int = 256) -> BottomModel:
@@ -110,4 +123,4 @@ def mirage_bottom(in_shape: tuple[int, int, int], embedding_dim: int = 256) -> B
     if embedding_dim != 256:
         head.append(nn.Linear(256, embedding_dim))
     stages = [("block1", block1), ("block2", block2), ("block3", block3), ("embedding", nn.Sequential(*head))]
-    return BottomModel(stages, embedding_dim)
+    return BottomModel(stages, embedding_dim, (1, 1, in_shape[2]))

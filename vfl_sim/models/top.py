@@ -28,8 +28,10 @@ class TopModel(nn.Module):
     """Linear or MLP classifier over the fused embedding.
 
     ``hidden=[]`` is a linear top. The Mirage top is ``hidden=[512, 256]`` with dropout 0.5
-    after the first hidden layer only.
+    after the first hidden layer only. ``num_parties`` sizes the ``party_mask`` buffer.
     """
+
+    party_mask: torch.Tensor
 
     def __init__(
         self,
@@ -39,6 +41,7 @@ class TopModel(nn.Module):
         *,
         dropout: float = 0.0,
         dropout_first_only: bool = False,
+        num_parties: int = 0,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -50,6 +53,10 @@ class TopModel(nn.Module):
             width = h
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
+        # 1 for every party whose embedding the model reads, 0 for a party that left (a party
+        # unlearning request); a buffer, so it is part of every snapshot of the model. Empty
+        # (num_parties=0) when the caller does not track parties: every embedding is read.
+        self.register_buffer("party_mask", torch.ones(num_parties))
 
     def forward(self, fused: torch.Tensor) -> torch.Tensor:
         return self.net(fused)

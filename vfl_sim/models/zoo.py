@@ -66,6 +66,8 @@ def build_top(cfg: ModelConfig, embedding_dims: Sequence[int], num_classes: int)
     """The server's top model over the fused embeddings."""
     in_features = fused_dim(embedding_dims, cfg.fusion)
     if cfg.bottom == "mirage" and cfg.top == "mlp":
-        return TopModel(in_features, num_classes, [512, 256], dropout=0.5, dropout_first_only=True)
+        return TopModel(
+            in_features, num_classes, [512, 256], dropout=0.5, dropout_first_only=True, num_parties=len(embedding_dims)
+        )
     hidden = cfg.top_hidden if cfg.top == "mlp" else []
-    return TopModel(in_features, num_classes, hidden, dropout=cfg.top_dropout)
+    return TopModel(in_features, num_classes, hidden, dropout=cfg.top_dropout, num_parties=len(embedding_dims))
