@@ -5,5 +5,6 @@ Each module registers the operations (:func:`parties.party.party_op`) and gradie
 all, so every process that hosts a party (local, Flower ClientApp, Ray actor) knows them.
 """
 
+from parties.methods import boundary as _boundary  # noqa: F401  (Boundary Shrink's FGSM step)
 from parties.methods import importance as _importance  # noqa: F401  (Fisher and SSD statistics and edits)
 from parties.methods import saliency as _saliency  # noqa: F401  (SalUn mask, l1-sparse subgradient)
