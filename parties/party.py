@@ -361,6 +361,15 @@ def _configure(
         party.phase.update(grad_hook=grad_hook, hook_args=hook_args or {})
 
 
+@party_op("begin_method")
+def _begin_method(party: Party, seed: int) -> None:
+    """A method starts: drop the previous method's tensors and restart the party's random
+    stream from the method's seed, so each method draws the same masks whatever ran before it
+    (or whether it runs in a resumed run)."""
+    party.buffers = {}
+    party.rng = torch.Generator().manual_seed(derive_seed(seed, "party-rng", party.party_id)).get_state()
+
+
 @party_op("clear_buffers")
 def _clear_buffers(party: Party) -> None:
     """Forget the previous method's party-side tensors (called when a method starts)."""

@@ -208,7 +208,7 @@ class UnlearningCoordinator:
             raise ValueError("'original' is reserved for the trained model")
         ctx = ctx or self.context(method)
         self.server.load_state(ORIGINAL)
-        self.server.party_op("clear_buffers")
+        self.server.party_op("begin_method", seed=ctx.seed)
         before = self.server.transport.stats.snapshot()
         start = time.perf_counter()
         # A party or feature request defines the unlearned model as one without that party (or

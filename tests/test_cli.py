@@ -192,7 +192,7 @@ def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_run_writes_folder(run_folder: Path) -> None:
     for name in ("report.json", "report.md", "config.yaml"):
         assert (run_folder / name).is_file(), name
-    assert not [p for p in run_folder.parent.iterdir() if ".partial-" in p.name]
+    assert not [p for p in run_folder.parent.iterdir() if ".partial" in p.name]
     md = (run_folder / "report.md").read_text()
     assert md.startswith("# tiny")
     for name in MODELS:
@@ -269,7 +269,7 @@ def test_run_into_non_empty_folder(run_folder: Path, capsys: pytest.CaptureFixtu
     after = {p.relative_to(run_folder): p.stat().st_mtime_ns for p in run_folder.rglob("*")}
     assert after == before
     assert (run_folder / "report.json").read_bytes() == report
-    assert not [p for p in root.iterdir() if ".partial-" in p.name]
+    assert not [p for p in root.iterdir() if ".partial" in p.name]
 
 
 def test_run_overwrite_replaces_folder(tiny: Path, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vfl_sim import __version__
-from vfl_sim.errors import VflSimError
+from vfl_sim.errors import ConfigError, VflSimError
 
 EXIT_INPUT_ERROR = 2
 log = logging.getLogger("vfl_sim")
@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", type=Path)
     run.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<name>-<timestamp>)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty run folder")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted run of the same config in --out (from its checkpoints and request "
+        "ledger); a no-op on a completed one",
+    )
     common(run)
 
     val = sub.add_parser(
@@ -117,22 +123,26 @@ def print_results(report: dict[str, Any], console: Console) -> None:
     console.print(table)
 
 
-def _run(cfg: Any, out: Path | None, overwrite: bool, quiet: bool) -> int:
+def _run(cfg: Any, out: Path | None, overwrite: bool, quiet: bool, resume: bool = False) -> int:
     from vfl_sim.experiment import prepare
     from vfl_sim.progress import ProgressReporter
 
     console = _setup_logging(quiet)
     exp = prepare(cfg)
+    if resume and out is None:
+        raise ConfigError("--resume needs --out, the run folder to finish")
     out = out or _default_out(cfg.name)
     if cfg.runtime == "local":
-        report = exp.run(out, progress=ProgressReporter(enabled=not quiet, console=console), overwrite=overwrite)
+        progress = ProgressReporter(enabled=not quiet, console=console)
+        report = exp.run(out, progress=progress, overwrite=overwrite, resume=resume)
     else:
-        from vfl_sim.experiment import check_out_dir
+        from vfl_sim.experiment import check_out_dir, partial_dir
         from vfl_sim.runtimes.flower_runtime import run_on_flower
 
-        check_out_dir(out, overwrite)  # before any process starts
+        if not (resume and (partial_dir(out).exists() or (out / "report.json").is_file())):
+            check_out_dir(out, overwrite)  # before any process starts
         log.info("starting the %s runtime (%d parties)", cfg.runtime, cfg.partition.parties)
-        report = run_on_flower(cfg, out, overwrite=overwrite, on_line=None if quiet else _relay(console))
+        report = run_on_flower(cfg, out, overwrite=overwrite, resume=resume, on_line=None if quiet else _relay(console))
     # The table needs ~110 columns; rich assumes 80 when stdout is not a terminal.
     print_results(report, Console(width=max(Console().width, 112)))
     if not quiet:
@@ -167,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vfl_sim.config import load_config
 
         if args.command == "run":
-            return _run(load_config(args.config, args.overrides), args.out, args.overwrite, args.quiet)
+            cfg = load_config(args.config, args.overrides)
+            return _run(cfg, args.out, args.overwrite, args.quiet, resume=args.resume)
         if args.command == "demo":
             return _run(_demo_config(args.overrides), args.out, args.overwrite, args.quiet)
         if args.command == "validate":

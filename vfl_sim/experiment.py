@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from audits.base import AuditData, ModelEmbeddings, get_auditor
 from audits.probe import stratified_split
 from audits.representation import RepresentationAuditor, probe_samples
 from server.coordinator import ORIGINAL, UnlearningCoordinator, resolve_forget_request
+from server.ledger import COMPLETED, LEDGER_FILE, RequestLedger
 from server.methods.base import ForgetSet, UnlearningMethod
 from server.methods.registry import build_method
 from server.server import Server, count_batches
@@ -47,6 +47,9 @@ from vfl_sim.seeding import derive_seed, seed_everything, torch_generator
 from vfl_sim.transport import Transport
 
 log = logging.getLogger("vfl_sim")
+
+CHECKPOINTS = "checkpoints"
+DONE_MARK = "run.json"  # written last in a model's checkpoint folder: the checkpoint is complete
 AUDITORS = ("output", "representation")
 
 
@@ -109,27 +112,75 @@ class Experiment:
         *,
         progress: ProgressReporter | None = None,
         overwrite: bool = False,
+        resume: bool = False,
         transport: Transport | None = None,
     ) -> dict[str, Any]:
         """Train the original, run every method, audit, and write the run folder.
+
+        The run is built in ``.<name>.partial`` next to ``out_dir`` and renamed when complete.
+        Each model's checkpoint is written as soon as the model exists, and the forget request
+        and the methods applied to it are recorded in the request ledger (``ledger.jsonl``), so
+        a run killed after the original was trained keeps its partial folder and
+        ``resume=True`` finishes it: the original and every finished method are loaded from
+        their checkpoints, the rest is run. ``resume=True`` on a completed run with the same
+        config is a no-op that returns its report.
 
         ``transport`` reaches parties that live elsewhere (Flower nodes, Ray actors); by
         default the parties are built in this process. Returns the report (also written as
         ``report.json``).
         """
         out = Path(out_dir)
-        check_out_dir(out, overwrite)
         progress = progress or ProgressReporter(enabled=False)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        work = partial_dir(out)
+        if resume and not work.exists() and (out / "report.json").is_file():
+            return self._replay_completed(out)
+        if resume and work.exists():
+            self._check_same_config(work)
+            log.info("resuming the partial run in %s", work)
+        else:
+            check_out_dir(out, overwrite)
+            if work.exists():
+                if not overwrite:
+                    raise ConfigError(
+                        f"a partial run of {out} exists in {work} (an earlier run was interrupted); "
+                        "pass --resume to finish it or --overwrite to start again"
+                    )
+                shutil.rmtree(work)
+            work.mkdir(parents=True)
         try:
             report = self._run(work, progress, transport)
             if out.exists():
                 shutil.rmtree(out)
             os.replace(work, out)
         except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
+            # An error (or Ctrl-C) before the original model was saved leaves nothing to resume.
+            if not (work / CHECKPOINTS / ORIGINAL / DONE_MARK).exists():
+                shutil.rmtree(work, ignore_errors=True)
+            else:
+                log.error("the partial run is kept in %s; rerun with --resume to finish it", work)
             raise
+        return report
+
+    def _check_same_config(self, folder: Path) -> None:
+        saved = folder / "config.yaml"
+        if saved.is_file() and saved.read_text() != dump_config(self.cfg):
+            raise ConfigError(
+                f"{folder} was made with another config than this one; resume it with the config in "
+                f"{saved}, or pass --overwrite to start again"
+            )
+
+    def _replay_completed(self, out: Path) -> dict[str, Any]:
+        """``resume`` on a completed run: a no-op if its ledger has this request and methods."""
+        self._check_same_config(out)
+        entry = RequestLedger(out / LEDGER_FILE).get(self.forget.request_id)
+        names = [m.name for m in self.methods]
+        if entry is None or entry.status != COMPLETED or any(n not in entry.done for n in names):
+            raise ConfigError(
+                f"{out} is a completed run without forget request '{self.forget.request_id}' and methods "
+                f"{names}; write to another --out, or pass --overwrite to run again"
+            )
+        log.info("forget request %s is already completed in %s; nothing to do", self.forget.request_id, out)
+        report: dict[str, Any] = json.loads((out / "report.json").read_text())
         return report
 
     def _run(self, work: Path, progress: ProgressReporter, transport: Transport | None) -> dict[str, Any]:
@@ -139,10 +190,58 @@ class Experiment:
         seed_everything(cfg.seed)
         (work / "config.yaml").write_text(dump_config(cfg))
         server = self.build_server(transport)
+        checkpoints = work / CHECKPOINTS
+        runs: dict[str, dict[str, Any]] = {}
+        if self.restore_checkpoint(server, ORIGINAL, checkpoints):
+            log.info("loaded the original model from %s", checkpoints / ORIGINAL)
+            runs[ORIGINAL] = json.loads((checkpoints / ORIGINAL / DONE_MARK).read_text())
+        else:
+            runs[ORIGINAL] = self.train_original(server, progress)
+            server.save_state(ORIGINAL)
+            self.save_checkpoint(server, ORIGINAL, checkpoints, runs[ORIGINAL])
+        original_digest = server.digests(ORIGINAL)
+
+        ledger = RequestLedger(work / LEDGER_FILE)
+        rid = self.forget.request_id
+        entry = ledger.open(rid, self.forget.describe(), [m.name for m in self.methods])
+        coordinator = UnlearningCoordinator(server, self.forget, cfg.train, seed=cfg.seed, top_seed=self.top_seed)
+        for method in self.methods:
+            if method.name in entry.done and self.restore_checkpoint(server, method.name, checkpoints):
+                log.info("%s: already applied to request %s; loaded its checkpoint", method.name, rid)
+                runs[method.name] = entry.done[method.name]
+                continue
+            ledger.method_started(rid, method.name)
+            ctx = coordinator.context(method)
+            with progress.phase(method.name, method.estimated_steps(ctx)) as on_step:
+                ctx.on_step = on_step
+                result = coordinator.run(method, ctx)
+            log.info("%s done in %.2fs", method.name, result.runtime_s)
+            runs[method.name] = result.to_dict()
+            self.save_checkpoint(server, method.name, checkpoints, runs[method.name])
+            ledger.method_done(rid, method.name, runs[method.name])
+        ledger.completed(rid)
+        if server.digests(ORIGINAL) != original_digest:  # a method wrote to the original snapshot
+            raise RuntimeError("the original model changed while running methods")
+
+        start = time.perf_counter()
+        data = self.gather(server, list(runs))
+        results = self.audit(data)
+        audit_s = time.perf_counter() - start
+        np.savez_compressed(work / "audit_embeddings.npz", **_embedding_arrays(data))  # type: ignore[arg-type]
+
+        report = self.report(runs, results, audit_s, data)
+        report["ledger"] = [e.to_dict() for e in ledger.entries().values()]
+        (work / "report.json").write_text(json.dumps(report, indent=2))
+        (work / "report.md").write_text(write_markdown(report))
+        return report
+
+    def train_original(self, server: Server, progress: ProgressReporter) -> dict[str, Any]:
+        """Train the original model; returns its runtime and communication."""
+        cfg = self.cfg
         train_ids = torch.from_numpy(self.dataset.train_ids)
         steps = count_batches(train_ids.numel(), cfg.train.batch_size)
-
         log.info("training the original model on %d samples, %d parties", train_ids.numel(), len(self.slices))
+        before = server.transport.stats.snapshot()
         start = time.perf_counter()
         with progress.phase("train original", cfg.train.epochs * steps) as on_step:
             server.train_epochs(
@@ -153,34 +252,10 @@ class Experiment:
                 generator=torch_generator(derive_seed(cfg.seed, "batches", ORIGINAL)),
                 on_step=on_step,
             )
-        runs: dict[str, dict[str, Any]] = {
-            ORIGINAL: {"runtime_s": time.perf_counter() - start, "communication": server.transport.stats.to_dict()}
+        return {
+            "runtime_s": time.perf_counter() - start,
+            "communication": server.transport.stats.since(before).to_dict(),
         }
-        server.save_state(ORIGINAL)
-        original_digest = server.digests(ORIGINAL)
-
-        coordinator = UnlearningCoordinator(server, self.forget, cfg.train, seed=cfg.seed, top_seed=self.top_seed)
-        for method in self.methods:
-            ctx = coordinator.context(method)
-            with progress.phase(method.name, method.estimated_steps(ctx)) as on_step:
-                ctx.on_step = on_step
-                result = coordinator.run(method, ctx)
-            log.info("%s done in %.2fs", method.name, result.runtime_s)
-            runs[method.name] = result.to_dict()
-        if server.digests(ORIGINAL) != original_digest:  # a method wrote to the original snapshot
-            raise RuntimeError("the original model changed while running methods")
-
-        start = time.perf_counter()
-        data = self.gather(server, list(runs))
-        results = self.audit(data)
-        audit_s = time.perf_counter() - start
-        self.save_checkpoints(server, list(runs), work / "checkpoints")
-        np.savez_compressed(work / "audit_embeddings.npz", **_embedding_arrays(data))  # type: ignore[arg-type]
-
-        report = self.report(runs, results, audit_s, data)
-        (work / "report.json").write_text(json.dumps(report, indent=2))
-        (work / "report.md").write_text(write_markdown(report))
-        return report
 
     def audit_ids(self) -> tuple[np.ndarray, np.ndarray]:
         """The audit samples (ids and their split name), each group capped at ``audit.max_samples``."""
@@ -258,18 +333,33 @@ class Experiment:
                 out[model][auditor.section] = result
         return out
 
-    def save_checkpoints(self, server: Server, models: list[str], folder: Path) -> None:
-        """Each role writes its own part: the server its top model, each party its bottom."""
-        for name in models:
-            target = folder / name
-            target.mkdir(parents=True, exist_ok=True)
-            torch.save(server.states[name], target / "top.pt")
-            server.transport.exchange(
-                {
-                    pid: LocalOp("checkpoint", {"path": str(target / f"{pid}.pt"), "name": name})
-                    for pid in server.party_ids
-                }
-            )
+    def save_checkpoint(self, server: Server, name: str, folder: Path, run: dict[str, Any]) -> None:
+        """Write snapshot ``name``: the server its top model, each party its own bottom (parties'
+        files never travel through the server); then the marker that makes it complete."""
+        target = folder / name
+        target.mkdir(parents=True, exist_ok=True)
+        (target / DONE_MARK).unlink(missing_ok=True)
+        torch.save(server.states[name], target / "top.pt")
+        server.transport.exchange(
+            {pid: LocalOp("checkpoint", {"path": str(target / f"{pid}.pt"), "name": name}) for pid in server.party_ids}
+        )
+        tmp = target / (DONE_MARK + ".tmp")
+        tmp.write_text(json.dumps(run))
+        os.replace(tmp, target / DONE_MARK)
+
+    def restore_checkpoint(self, server: Server, name: str, folder: Path) -> bool:
+        """Load snapshot ``name`` from a complete checkpoint (server and parties); False if none."""
+        target = folder / name
+        if not (target / DONE_MARK).is_file():
+            return False
+        server.states[name] = torch.load(target / "top.pt", map_location=server.device, weights_only=True)
+        server.transport.exchange(
+            {
+                pid: LocalOp("load_checkpoint", {"path": str(target / f"{pid}.pt"), "name": name})
+                for pid in server.party_ids
+            }
+        )
+        return True
 
     def report(
         self, runs: dict[str, dict[str, Any]], results: dict[str, dict[str, Any]], audit_s: float, data: AuditData
@@ -304,6 +394,11 @@ def _embedding_arrays(data: AuditData) -> dict[str, np.ndarray]:
         for pid, e in m.parties.items():
             arrays[f"{name}/{pid}"] = e
     return arrays
+
+
+def partial_dir(out: Path) -> Path:
+    """Where the run folder ``out`` is built until it is complete."""
+    return out.parent / f".{out.name}.partial"
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:

@@ -46,6 +46,7 @@ APP_CONFIG: dict[str, Any] = {
     CONFIG_KEY: "{}",
     OUT_KEY: "runs/flower",
     "overwrite": False,
+    "resume": False,
     WORKDIR_KEY: "",
     "connect-timeout": 120.0,
     "round-timeout": 120.0,
@@ -236,5 +237,11 @@ def main(grid: Grid, context: Context) -> None:
     )
     log.info("parties connected: %s", ", ".join(f"{p} = node {n}" for p, n in transport.nodes.items()))
     out = str(_setting(context, OUT_KEY))
-    exp.run(out, transport=transport, overwrite=bool(_setting(context, "overwrite")), progress=LogProgress(log.info))
+    exp.run(
+        out,
+        transport=transport,
+        overwrite=bool(_setting(context, "overwrite")),
+        resume=bool(_setting(context, "resume")),
+        progress=LogProgress(log.info),
+    )
     log.info("run folder written: %s", out)

@@ -79,6 +79,7 @@ def run_on_flower(
     out: Path,
     *,
     overwrite: bool = False,
+    resume: bool = False,
     on_line: Callable[[str], None] | None = None,
     keep: Callable[[FlowerProcesses], None] | None = None,
 ) -> dict[str, Any]:
@@ -105,7 +106,7 @@ def run_on_flower(
         else:
             address = cfg.flower.superlink
         procs.add_connection(CONNECTION, address, root_certificates=ca)
-        run_config = run_config_for(shipped_config(cfg), str(out), overwrite=overwrite)
+        run_config = run_config_for(shipped_config(cfg), str(out), overwrite=overwrite, resume=resume)
         run_id = procs.submit(write_app(folder / "app"), CONNECTION, run_config, federation)
         if keep is not None:
             keep(procs)
