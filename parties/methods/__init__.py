@@ -8,3 +8,4 @@ all, so every process that hosts a party (local, Flower ClientApp, Ray actor) kn
 from parties.methods import boundary as _boundary  # noqa: F401  (Boundary Shrink's FGSM step)
 from parties.methods import importance as _importance  # noqa: F401  (Fisher and SSD statistics and edits)
 from parties.methods import saliency as _saliency  # noqa: F401  (SalUn mask, l1-sparse subgradient)
+from parties.methods import unsir as _unsir  # noqa: F401  (UNSIR noise at each party)

@@ -7,11 +7,13 @@ Importing this package registers the built-in methods. A user method is a subcla
 
 from server.methods import baselines as _baselines  # noqa: F401  (registers the built-ins)
 from server.methods import boundary as _boundary  # noqa: F401
+from server.methods import cmf as _cmf  # noqa: F401
 from server.methods import importance as _importance  # noqa: F401
 from server.methods import mixup as _mixup  # noqa: F401
 from server.methods import relabel as _relabel  # noqa: F401
 from server.methods import saliency as _saliency  # noqa: F401
 from server.methods import scrub as _scrub  # noqa: F401
+from server.methods import unsir as _unsir  # noqa: F401
 from server.methods.base import (
     ForgetSet,
     MethodParams,

@@ -52,9 +52,10 @@ def distill_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float)
 
 def teacher_logits(server: Server, ids: torch.Tensor) -> torch.Tensor:
     """Logits of the current (original) model for ``ids``, in a table indexed by sample id."""
-    table = torch.zeros(server.labels.numel(), server.top.classifier.out_features, device=server.device)
     embeddings, _ = server.embed(ids)
-    table[ids.to(server.device)] = server.logits(embeddings)
+    logits = server.logits(embeddings)
+    table = torch.zeros(server.labels.numel(), logits.shape[1], device=server.device)
+    table[ids.to(server.device)] = logits
     return table
 
 
