@@ -105,6 +105,9 @@ class BoundaryShrink(UnlearningMethod):
     server, which alone holds labels, reads the adversarial class). As in the reference, the
     attacked model is the frozen original, so the labels are computed once before fine-tuning
     (the reference recomputes the same deterministic labels every epoch).
+
+    Class requests only, as in the paper ("unlearn an entire class"): on digits, shrinking a
+    random 5 % of the training samples cost about 35 points of test accuracy.
     """
 
     Params = BoundaryShrinkParams
@@ -186,6 +189,9 @@ class BoundaryExpand(UnlearningMethod):
     whole widened model, the feature extractor (here every party's bottom model, through the
     gradient of its own embedding) and the classifier. The top model ends with its original
     shape. Parties never learn that a class was added.
+
+    Class requests only, as in the paper: a shadow class for random samples of every class
+    drags every class's features toward it (on digits, about 40 points of test accuracy lost).
     """
 
     Params = BoundaryExpandParams
