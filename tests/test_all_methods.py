@@ -122,3 +122,18 @@ def test_every_method_runs_over_flower_like_local_and_keeps_data_private(kind: s
             assert (value is None and other is None) or abs(value - other) <= 1e-4, (name, key, value, other)
         assert model["communication"] == flower["models"][name]["communication"], name
     assert_private(grid, exp.dataset.labels.size, cfg.model.embedding_dim)
+
+
+def test_methods_all_expands_to_the_methods_that_take_the_request() -> None:
+    from vfl_sim.config import config_from_dict
+    from vfl_sim.errors import ConfigError
+
+    exp = prepare(small_config(forget=REQUESTS["party"], partition={"parties": 3}, methods="all"))
+    names = [m.name for m in exp.methods]
+    assert names[0] == "retrain" and set(names) == set(_methods("party"))
+    exp = prepare(small_config(methods=[{"name": "finetune", "params": {"epochs": 1}}, "all"]))
+    names = [m.name for m in exp.methods]
+    assert names[0] == "finetune" and names.count("finetune") == 1 and exp.methods[0].params.epochs == 1
+    assert set(names) == set(_methods("class"))
+    with pytest.raises(ConfigError, match="'all' stands alone"):
+        prepare(config_from_dict({"methods": [{"name": "all", "params": {"x": 1}}]}))

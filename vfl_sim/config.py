@@ -191,6 +191,10 @@ class ForgetConfig(_Section):
         return self
 
 
+ALL_METHODS = "all"
+"""The entry of ``methods`` that stands for every registered method supporting the request."""
+
+
 class MethodSpec(_Section):
     """One unlearning method to run: a registered name and its hyperparameters."""
 
@@ -252,7 +256,10 @@ class ExperimentConfig(_Section):
     @field_validator("methods", mode="before")
     @classmethod
     def _methods_shorthand(cls, value: Any) -> Any:
-        # YAML users write `methods: [retrain, {name: neggrad, params: {lr: 1e-3}}]`.
+        # YAML users write `methods: [retrain, {name: neggrad, params: {lr: 1e-3}}]`, or
+        # `methods: all` (every registered method that supports the request kind).
+        if value == ALL_METHODS:
+            value = [ALL_METHODS]
         if isinstance(value, list):
             return [{"name": v} if isinstance(v, str) else v for v in value]
         return value

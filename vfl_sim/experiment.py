@@ -29,10 +29,10 @@ from audits.representation import RepresentationAuditor, probe_samples
 from server.coordinator import ORIGINAL, UnlearningCoordinator, resolve_forget_request
 from server.ledger import COMPLETED, LEDGER_FILE, RequestLedger
 from server.methods.base import ForgetSet, UnlearningMethod
-from server.methods.registry import build_method
+from server.methods.registry import available_methods, build_method, get_method
 from server.server import Server, count_batches
 from vfl_sim import __version__
-from vfl_sim.config import ExperimentConfig, dump_config
+from vfl_sim.config import ALL_METHODS, ExperimentConfig, MethodSpec, dump_config
 from vfl_sim.data.dataset import VflDataset
 from vfl_sim.data.loaders import load_dataset
 from vfl_sim.data.partition import PartySlice, partition_features
@@ -407,6 +407,22 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
         raise ConfigError(f"output folder {out} exists and is not empty; choose another --out or pass --overwrite")
 
 
+def expand_methods(specs: list[MethodSpec], kind: str) -> list[MethodSpec]:
+    """``specs`` with the entry ``all`` replaced by every registered method that supports
+    requests of ``kind`` and is not listed on its own (``retrain`` first, then by name)."""
+    if not any(m.name == ALL_METHODS for m in specs):
+        return specs
+    if sum(m.name == ALL_METHODS for m in specs) > 1 or any(m.params for m in specs if m.name == ALL_METHODS):
+        raise ConfigError("methods: 'all' stands alone, once and without params")
+    listed = {m.name for m in specs}
+    supporting = [n for n in available_methods() if kind in get_method(n).supports and n not in listed]
+    supporting.sort(key=lambda n: (n != "retrain", n))
+    out: list[MethodSpec] = []
+    for m in specs:
+        out.extend(MethodSpec(name=n) for n in supporting) if m.name == ALL_METHODS else out.append(m)
+    return out
+
+
 def prepare(cfg: ExperimentConfig) -> Experiment:
     """Validate and build everything a run needs; raises a :class:`~vfl_sim.errors.VflSimError`
     on bad input before anything is written."""
@@ -426,7 +442,7 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
         slices=slices,
         column_names=dataset.column_names,
     )
-    methods = [build_method(m.name, m.params, forget.kind) for m in cfg.methods]
+    methods = [build_method(m.name, m.params, forget.kind) for m in expand_methods(cfg.methods, forget.kind)]
     for auditor in AUDITORS:
         get_auditor(auditor)
     exp = Experiment(cfg, dataset, slices, forget, methods, device)
