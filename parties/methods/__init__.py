@@ -9,3 +9,4 @@ from parties.methods import boundary as _boundary  # noqa: F401  (Boundary Shrin
 from parties.methods import importance as _importance  # noqa: F401  (Fisher and SSD statistics and edits)
 from parties.methods import saliency as _saliency  # noqa: F401  (SalUn mask, l1-sparse subgradient)
 from parties.methods import unsir as _unsir  # noqa: F401  (UNSIR noise at each party)
+from parties.methods import vfl_removal as _vfl_removal  # noqa: F401  (ReMisVFU projected step of the leaving party)

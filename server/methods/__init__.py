@@ -14,6 +14,7 @@ from server.methods import relabel as _relabel  # noqa: F401
 from server.methods import saliency as _saliency  # noqa: F401
 from server.methods import scrub as _scrub  # noqa: F401
 from server.methods import unsir as _unsir  # noqa: F401
+from server.methods import vfl_removal as _vfl_removal  # noqa: F401
 from server.methods.base import (
     ForgetSet,
     MethodParams,
