@@ -110,10 +110,9 @@ def _classifier(server: Server) -> torch.nn.Linear:
 
 class FisherParams(MethodParams):
     alpha: float = Field(
-        1e-7,
+        1e-6,
         gt=0,
-        description="noise scale: variance = alpha * min(1 / F, max_inverse) (Golatkar et al.'s "
-        "code uses 1e-6 to 1e-8 on CIFAR; 1e-7 keeps digits' retained accuracy)",
+        description="noise scale: variance = alpha * min(1 / F, max_inverse) (the authors' code: 1e-6)",
     )
     max_inverse: float = Field(1e3, gt=0, description="clamp of 1 / F (the reference code's 1e3)")
     classifier_max_inverse: float = Field(
