@@ -192,7 +192,7 @@ def test_party_fisher_noise_follows_the_formula(digits_experiment: Experiment) -
         )
     before = {n: p.detach().clone() for n, p in party.bottom.named_parameters()}
     party.handle(LocalOp("fisher_noise", {"name": "fi", "samples": 7, "alpha": 1e-6, "max_inverse": 1e3, "seed": 3}))
-    z = []
+    zs = []
     for name, p in party.bottom.named_parameters():
         var = fisher_variance(
             party.buffers[f"fi/{name}"] / 7,
@@ -201,8 +201,8 @@ def test_party_fisher_noise_follows_the_formula(digits_experiment: Experiment) -
             per_output_unit=True,
             scale=10.0 if p.ndim == 1 else 1.0,
         )
-        z.append(((p.detach() - before[name]) / var.sqrt()).flatten())
-    z = torch.cat(z)
+        zs.append(((p.detach() - before[name]) / var.sqrt()).flatten())
+    z = torch.cat(zs)
     assert z.numel() > 5000
     assert abs(float(z.mean())) < 0.05 and abs(float(z.std()) - 1.0) < 0.05
     # same seed, same noise
