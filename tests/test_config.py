@@ -295,3 +295,20 @@ def test_invalid_value_in_file(tmp_path: Path) -> None:
     path = _write(tmp_path, yaml.safe_dump({"data": {"test_fraction": 1.5}}))
     with pytest.raises(ConfigError, match=r"^data\.test_fraction: Input should be less than 1 \(got 1\.5\)$"):
         load_config(path)
+
+
+def test_every_shipped_config_validates() -> None:
+    """Each file in configs/ loads; those whose data ships here also prepare (dataset, partition,
+    forget request, methods and their request kinds), as `vfl-sim validate` does."""
+    from pathlib import Path
+
+    from vfl_sim.config import load_config
+    from vfl_sim.experiment import prepare
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 8
+    for path in configs:
+        cfg = load_config(path, [])
+        if cfg.data.name in ("digits", "breast_cancer", "wine", "synthetic"):
+            exp = prepare(cfg)
+            assert exp.methods, path.name
