@@ -213,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             for name in available_methods():
                 cls = get_method(name)
-                params = ", ".join(f"{k}={v.get_default(call_default_factory=True)}" for k, v in cls.Params.model_fields.items())
+                fields = cls.Params.model_fields.items()
+                params = ", ".join(f"{k}={v.get_default(call_default_factory=True)}" for k, v in fields)
                 print(f"{name:<16} supports {','.join(sorted(cls.supports)):<16} {params}")
             return 0
     except VflSimError as exc:
