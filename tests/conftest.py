@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 import torch
 
+from server.coordinator import ORIGINAL, UnlearningCoordinator
+from server.server import Server
 from vfl_sim.config import ExperimentConfig, config_from_dict
 from vfl_sim.experiment import Experiment, prepare
 
@@ -36,3 +38,18 @@ def synthetic_experiment() -> Experiment:
             partition={"parties": 3},
         )
     )
+
+
+def trained(exp: Experiment, epochs: int = 2) -> tuple[Server, UnlearningCoordinator]:
+    """A server with the original model trained for ``epochs`` (batch 64, seeded) and saved as
+    ``original`` everywhere, and a coordinator for the experiment's forget request."""
+    server = exp.build_server()
+    server.train_epochs(
+        torch.from_numpy(exp.dataset.train_ids),
+        epochs=epochs,
+        batch_size=64,
+        optim=exp.cfg.train,
+        generator=torch.Generator().manual_seed(0),
+    )
+    server.save_state(ORIGINAL)
+    return server, UnlearningCoordinator(server, exp.forget, exp.cfg.train, seed=0, top_seed=exp.top_seed)

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.supercore.task_identity import TaskIdentity
 
 from parties.party import registered_ops
 from server.methods import available_methods, get_method
 from tests.conftest import small_config
-from tests.test_flower_app import InProcessGrid
+from tests.test_flower_app import InProcessGrid, _task_identity  # noqa: F401  (autouse: Flower's run id)
 from vfl_sim.experiment import prepare
 from vfl_sim.runtimes import flower_app
 from vfl_sim.runtimes.flower_transport import FlowerTransport
@@ -27,14 +26,6 @@ REQUESTS = {
     "features": {"kind": "features", "party": "party_0", "columns": [0]},
 }
 PARTIES = ["party_0", "party_1", "party_2"]
-
-
-@pytest.fixture(autouse=True)
-def _task_identity() -> Iterator[None]:
-    previous = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous
 
 
 def _methods(kind: str) -> list[str]:

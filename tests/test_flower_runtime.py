@@ -85,6 +85,7 @@ def test_flower_sim_matches_local(tmp_path: Path) -> None:
         "party_0.pt",
         "party_1.pt",
         "party_2.pt",
+        "run.json",
         "top.pt",
     ]
 

@@ -14,22 +14,15 @@ from server.methods import (
     register_method,
 )
 from server.methods.registry import METHODS
+from server.server import Server
+from tests.conftest import trained
 from vfl_sim.errors import ConfigError, RegistryError
 from vfl_sim.experiment import Experiment
 from vfl_sim.protocol import Backward, Embed
 
 
-def _trained(exp: Experiment):
-    server = exp.build_server()
-    server.train_epochs(
-        torch.from_numpy(exp.dataset.train_ids),
-        epochs=1,
-        batch_size=64,
-        optim=exp.cfg.train,
-        generator=torch.Generator().manual_seed(0),
-    )
-    server.save_state(ORIGINAL)
-    return server, UnlearningCoordinator(server, exp.forget, exp.cfg.train, seed=0, top_seed=exp.top_seed)
+def _trained(exp: Experiment, epochs: int = 1) -> tuple[Server, UnlearningCoordinator]:
+    return trained(exp, epochs)
 
 
 def _record_ids(server) -> list[torch.Tensor]:

@@ -10,23 +10,15 @@ from server.methods import build_method
 from server.methods.cmf import class_mean_weights
 from server.methods.mixup import pair_mix
 from server.methods.scrub import Scrub, distill_kl
-from server.server import count_batches
+from server.server import Server, count_batches
+from tests.conftest import trained
 from vfl_sim.experiment import Experiment
 from vfl_sim.models.top import fuse
 from vfl_sim.protocol import Backward, Embed, LocalOp
 
 
-def _trained(exp: Experiment, epochs: int = 2):
-    server = exp.build_server()
-    server.train_epochs(
-        torch.from_numpy(exp.dataset.train_ids),
-        epochs=epochs,
-        batch_size=64,
-        optim=exp.cfg.train,
-        generator=torch.Generator().manual_seed(0),
-    )
-    server.save_state(ORIGINAL)
-    return server, UnlearningCoordinator(server, exp.forget, exp.cfg.train, seed=0, top_seed=exp.top_seed)
+def _trained(exp: Experiment, epochs: int = 2) -> tuple[Server, UnlearningCoordinator]:
+    return trained(exp, epochs)
 
 
 def _record(server) -> list[tuple[str, object]]:

@@ -12,23 +12,16 @@ from server.coordinator import ORIGINAL, UnlearningCoordinator
 from server.methods import build_method
 from server.methods.importance import accumulate_statistics
 from server.methods.saliency import SalUn, global_threshold
+from server.server import Server
+from tests.conftest import trained
 from vfl_sim.experiment import Experiment
 from vfl_sim.models.importance import fisher_variance, l1_gamma, ssd_dampen_
 from vfl_sim.models.top import fuse
 from vfl_sim.protocol import LocalOp
 
 
-def _trained(exp: Experiment, epochs: int = 2):
-    server = exp.build_server()
-    server.train_epochs(
-        torch.from_numpy(exp.dataset.train_ids),
-        epochs=epochs,
-        batch_size=64,
-        optim=exp.cfg.train,
-        generator=torch.Generator().manual_seed(0),
-    )
-    server.save_state(ORIGINAL)
-    return server, UnlearningCoordinator(server, exp.forget, exp.cfg.train, seed=0, top_seed=exp.top_seed)
+def _trained(exp: Experiment, epochs: int = 2) -> tuple[Server, UnlearningCoordinator]:
+    return trained(exp, epochs)
 
 
 def _parties(server):

@@ -13,6 +13,7 @@ from server.methods import relabel as relabel_module
 from server.methods.boundary import adversarial_labels
 from server.methods.relabel import neggrad_plus_loss, random_wrong_labels
 from server.server import Server
+from tests.conftest import trained
 from vfl_sim.errors import ConfigError
 from vfl_sim.experiment import Experiment
 from vfl_sim.models.top import fuse
@@ -22,16 +23,7 @@ METHODS = ["neggrad_plus", "random_label", "boundary_shrink", "boundary_expand"]
 
 
 def _trained(exp: Experiment, epochs: int = 8) -> tuple[Server, UnlearningCoordinator]:
-    server = exp.build_server()
-    server.train_epochs(
-        torch.from_numpy(exp.dataset.train_ids),
-        epochs=epochs,
-        batch_size=64,
-        optim=exp.cfg.train,
-        generator=torch.Generator().manual_seed(0),
-    )
-    server.save_state(ORIGINAL)
-    return server, UnlearningCoordinator(server, exp.forget, exp.cfg.train, seed=0, top_seed=exp.top_seed)
+    return trained(exp, epochs)
 
 
 def _spy(server: Server) -> list[tuple[str, object]]:

@@ -13,6 +13,8 @@ import server.methods.vfl_removal as vr
 from parties.methods.vfl_removal import project_conflicting
 from server.coordinator import ORIGINAL, UnlearningCoordinator
 from server.methods import build_method
+from server.server import Server
+from tests.conftest import trained
 from vfl_sim.experiment import Experiment, prepare
 from vfl_sim.protocol import Ack, Backward, Embed, LocalOp
 
@@ -30,17 +32,8 @@ def _experiment(forget: dict[str, Any], data: dict[str, Any] | None = None, part
     return prepare(small_config(**sections))
 
 
-def _trained(exp: Experiment, epochs: int = 2):
-    server = exp.build_server()
-    server.train_epochs(
-        torch.from_numpy(exp.dataset.train_ids),
-        epochs=epochs,
-        batch_size=64,
-        optim=exp.cfg.train,
-        generator=torch.Generator().manual_seed(0),
-    )
-    server.save_state(ORIGINAL)
-    return server, UnlearningCoordinator(server, exp.forget, exp.cfg.train, seed=0, top_seed=exp.top_seed)
+def _trained(exp: Experiment, epochs: int = 2) -> tuple[Server, UnlearningCoordinator]:
+    return trained(exp, epochs)
 
 
 def _spy(server, party: str) -> list[tuple[int, Any]]:

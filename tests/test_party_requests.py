@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.coordinator import ORIGINAL, UnlearningCoordinator
+from server.coordinator import ORIGINAL
 from server.methods import UnlearningContext, UnlearningMethod, build_method
-from tests.conftest import small_config
+from tests.conftest import small_config, trained
 from vfl_sim.errors import ConfigError
 from vfl_sim.experiment import Experiment, prepare
 from vfl_sim.protocol import Embed
@@ -15,16 +15,7 @@ from vfl_sim.protocol import Embed
 
 def _trained(forget: dict, parties: int = 3):
     exp = prepare(small_config(forget=forget, partition={"parties": parties}, methods=["retrain"]))
-    server = exp.build_server()
-    server.train_epochs(
-        torch.from_numpy(exp.dataset.train_ids),
-        epochs=1,
-        batch_size=64,
-        optim=exp.cfg.train,
-        generator=torch.Generator().manual_seed(0),
-    )
-    server.save_state(ORIGINAL)
-    return exp, server, UnlearningCoordinator(server, exp.forget, exp.cfg.train, seed=0, top_seed=exp.top_seed)
+    return (exp, *trained(exp, epochs=1))
 
 
 @pytest.mark.parametrize("method", ["retrain", "finetune"])
