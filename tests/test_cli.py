@@ -76,7 +76,7 @@ def _in_unit(x: float) -> bool:
 def test_validate_ok(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(tiny)]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith("ok: synthetic, 2 parties, forget class (")
+    assert out.startswith("ok: synthetic, 2 parties, forget class: classes [1] (request class-")
     assert "methods: retrain, finetune, neggrad" in out
     assert err == ""
 

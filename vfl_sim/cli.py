@@ -108,13 +108,13 @@ def _default_out(name: str) -> Path:
 
 
 def print_results(report: dict[str, Any], console: Console) -> None:
-    from vfl_sim.report import results_rows
+    from vfl_sim.report import request_target, results_rows
 
     header, rows = results_rows(report)
     f = report["forget_request"]
     table = Table(
-        title=f"{report['name']}: {report['dataset']['name']}, {len(report['parties'])} parties, forget {f['kind']} "
-        f"{f['classes'] if f['kind'] == 'class' else f['forget_train_samples']}"
+        title=f"{report['name']}: {report['dataset']['name']}, {len(report['parties'])} parties, "
+        f"forget {f['kind']}: {request_target(f)}"
     )
     for i, h in enumerate(header):
         table.add_column(h, justify="left" if i == 0 else "right")
@@ -183,12 +183,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(_demo_config(args.overrides), args.out, args.overwrite, args.quiet)
         if args.command == "validate":
             from vfl_sim.experiment import prepare
+            from vfl_sim.report import request_target
 
             exp = prepare(load_config(args.config, args.overrides))
             f = exp.forget
             print(
-                f"ok: {exp.dataset.name}, {len(exp.slices)} parties, forget {f.kind} "
-                f"({f.forget_ids.numel()} training samples), methods: {', '.join(m.name for m in exp.methods)}"
+                f"ok: {exp.dataset.name}, {len(exp.slices)} parties, forget {f.kind}: {request_target(f.describe())} "
+                f"(request {f.request_id}), methods: {', '.join(m.name for m in exp.methods)}"
             )
             return 0
         if args.command == "bench":

@@ -83,17 +83,21 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def request_target(f: dict[str, Any]) -> str:
+    """What a forget request (``report["forget_request"]``) removes, in a few words."""
+    if f["kind"] == "class":
+        return f"classes {f['classes']}"
+    if f["kind"] == "party":
+        return f"{f['party']} leaves"
+    if f["kind"] == "features":
+        return f"columns {f['columns']} of {f['party']}"
+    return f"{f['forget_train_samples']} training samples"
+
+
 def write_markdown(report: dict[str, Any]) -> str:
     """Human-readable summary of a report."""
     d, f = report["dataset"], report["forget_request"]
-    if f["kind"] == "class":
-        target = f"classes {f['classes']}"
-    elif f["kind"] == "party":
-        target = f"{f['party']} leaves"
-    elif f["kind"] == "features":
-        target = f"columns {f['columns']} of {f['party']}"
-    else:
-        target = f"{f['forget_train_samples']} training samples"
+    target = request_target(f)
     parts = [
         f"# {report['name']}",
         "",
