@@ -14,6 +14,15 @@ from audits.base import (
     register_auditor,
 )
 from audits.cka import LinearCKA, linear_cka
+from audits.consistency import ConsistencyResult, RetrainConsistency, retrain_consistency
+from audits.membership import (
+    MembershipInference,
+    MembershipResult,
+    auc_by_ranks,
+    bootstrap_auc_ci,
+    membership_inference,
+    membership_scores,
+)
 from audits.output import OutputAuditor, accuracy, output_metrics
 from audits.probe import (
     LinearProbeRecovery,
@@ -40,4 +49,13 @@ __all__ = [
     "output_metrics",
     "probe_many",
     "register_auditor",
+    "ConsistencyResult",
+    "MembershipInference",
+    "MembershipResult",
+    "RetrainConsistency",
+    "auc_by_ranks",
+    "bootstrap_auc_ci",
+    "membership_inference",
+    "membership_scores",
+    "retrain_consistency",
 ]
