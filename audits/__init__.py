@@ -31,8 +31,24 @@ from audits.probe import (
     probe_many,
 )
 from audits.representation import RepresentationAuditor
+from audits.separability import (
+    FisherRatio,
+    ForgetSilhouette,
+    KNNPurity,
+    PurityResult,
+    fisher_ratio,
+    forget_silhouette,
+    knn_purity,
+)
 
 __all__ = [
+    "FisherRatio",
+    "ForgetSilhouette",
+    "KNNPurity",
+    "PurityResult",
+    "fisher_ratio",
+    "forget_silhouette",
+    "knn_purity",
     "AuditData",
     "Auditor",
     "LinearCKA",

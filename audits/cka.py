@@ -21,17 +21,36 @@ the n x n kernels, so memory does not grow with the number of samples, and
 CKA lies in ``[0, 1]``; it is invariant to orthogonal transforms and isotropic scaling of
 either representation (and, when centered, to adding a constant offset), but not to
 arbitrary invertible linear maps such as per-feature rescaling.
+
+The HSIC above is the biased (V-statistic) estimator: for independent representations its
+expectation is positive (about ``sqrt(p q) / n`` in CKA while that is small, near 1 when
+``p, q >> n``), so with few samples and wide embeddings unrelated representations look
+similar. ``estimator="unbiased"`` replaces
+it by the unbiased estimator ``HSIC_1`` of Song, Smola, Gretton, Bedo and Borgwardt,
+"Feature Selection via Dependence Maximization", JMLR 13:1393-1434, 2012, as used for
+CKA by Nguyen, Raghu and Kornblith, "Do Wide and Deep Networks Learn the Same Things?",
+ICLR 2021. With ``K~`` and ``L~`` the kernels with their diagonals set to zero::
+
+    HSIC_1(K, L) = [ tr(K~ L~) + (1^T K~ 1)(1^T L~ 1) / ((n - 1)(n - 2))
+                     - 2 / (n - 2) * 1^T K~ L~ 1 ] / (n (n - 3))
+
+needs ``n >= 4``, and for linear kernels reduces to the sufficient statistics listed in
+:func:`linear_cka`; unbiased CKA lies in ``[-1, 1]`` and is near 0 for independent data.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
 from audits._arrays import feature_matrix
 
-__all__ = ["linear_cka", "LinearCKA"]
+__all__ = ["linear_cka", "LinearCKA", "Estimator"]
+
+Estimator = Literal["biased", "unbiased"]
+_ESTIMATORS = ("biased", "unbiased")
 
 # A feature whose centered sum of squares is this small a fraction of its raw sum of
 # squares is treated as constant: rounding in the centering (x - mean) leaves residues of
@@ -83,7 +102,134 @@ def _cka_from_grams(sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray, raw_x: np
     return float(min(max(num / den, 0.0), 1.0))
 
 
-def linear_cka(x: Any, y: Any, *, centered: bool = True) -> float:
+def _check_estimator(estimator: str, centered: bool) -> None:
+    if estimator not in _ESTIMATORS:
+        raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")
+    if estimator == "unbiased" and not centered:
+        raise ValueError(
+            "estimator='unbiased' is always centered (HSIC_1 is invariant to constant offsets); "
+            "centered=False exists only for the biased estimator"
+        )
+
+
+def _pow2_scale(a: np.ndarray) -> float:
+    """A power of two near ``1 / max|a|`` (1.0 for an all-zero ``a``).
+
+    Multiplying by a power of two is exact in floating point, so it changes no digit of the
+    result; it only keeps the fourth-order statistics (``sum ||x_i||^4``) far from overflow.
+    """
+    peak = float(np.max(np.abs(a))) if a.size else 0.0
+    if not (peak > 0.0 and np.isfinite(peak)):
+        return 1.0
+    return float(np.ldexp(1.0, -int(np.frexp(peak)[1])))
+
+
+@dataclass
+class _UnbiasedStats:
+    """Sums over samples ``i`` of the statistics that HSIC_1 needs for linear kernels.
+
+    With ``k_i = ||x_i||^2`` and ``l_i = ||y_i||^2`` (rows as already shifted and scaled by
+    the caller): ``kx = sum k_i``, ``kxkx = sum k_i^2``, ``kxky = sum k_i l_i``,
+    ``x_kx = X^T k``, ``x_ky = X^T l``, ``y_kx = Y^T k``, ``y_ky = Y^T l`` and the ones the
+    biased estimator also keeps: ``n``, ``sx = X^T 1``, ``sy = Y^T 1``, ``X^T X``, ``Y^T Y``
+    and ``X^T Y``.
+    """
+
+    n: int
+    sx: np.ndarray
+    sy: np.ndarray
+    xtx: np.ndarray
+    yty: np.ndarray
+    xty: np.ndarray
+    kx: float
+    ky: float
+    kxkx: float
+    kyky: float
+    kxky: float
+    x_kx: np.ndarray
+    x_ky: np.ndarray
+    y_kx: np.ndarray
+    y_ky: np.ndarray
+
+    @classmethod
+    def of(cls, xs: np.ndarray, ys: np.ndarray) -> _UnbiasedStats:
+        k = np.sum(np.square(xs), axis=1)
+        l_ = np.sum(np.square(ys), axis=1)
+        return cls(
+            n=xs.shape[0],
+            sx=xs.sum(axis=0),
+            sy=ys.sum(axis=0),
+            xtx=xs.T @ xs,
+            yty=ys.T @ ys,
+            xty=xs.T @ ys,
+            kx=float(k.sum()),
+            ky=float(l_.sum()),
+            kxkx=float(k @ k),
+            kyky=float(l_ @ l_),
+            kxky=float(k @ l_),
+            x_kx=xs.T @ k,
+            x_ky=xs.T @ l_,
+            y_kx=ys.T @ k,
+            y_ky=ys.T @ l_,
+        )
+
+    def add(self, other: _UnbiasedStats) -> None:
+        self.n += other.n
+        for name in ("sx", "sy", "xtx", "yty", "xty", "x_kx", "x_ky", "y_kx", "y_ky"):
+            getattr(self, name).__iadd__(getattr(other, name))
+        self.kx += other.kx
+        self.ky += other.ky
+        self.kxkx += other.kxkx
+        self.kyky += other.kyky
+        self.kxky += other.kxky
+
+    def cka(self) -> float:
+        n = self.n
+        hkl = _hsic1(n, self.sx, self.sy, self.xty, self.kx, self.ky, self.kxky, self.x_ky, self.y_kx)
+        hkk = _hsic1(n, self.sx, self.sx, self.xtx, self.kx, self.kx, self.kxkx, self.x_kx, self.x_kx)
+        hll = _hsic1(n, self.sy, self.sy, self.yty, self.ky, self.ky, self.kyky, self.y_ky, self.y_ky)
+        # HSIC_1(K, K) is a squared norm (of the U-centered kernel), so >= 0 up to rounding;
+        # zero means a representation constant across samples: 0 instead of NaN.
+        if not (hkk > 0.0 and hll > 0.0 and np.isfinite(hkl * hkk * hll)):
+            return 0.0
+        # Cauchy-Schwarz bounds it by 1 in absolute value; clip last-ulp excursions.
+        return float(min(max(hkl / np.sqrt(hkk * hll), -1.0), 1.0))
+
+
+def _hsic1(
+    n: int,
+    sa: np.ndarray,
+    sb: np.ndarray,
+    atb: np.ndarray,
+    ka: float,
+    kb: float,
+    kakb: float,
+    a_kb: np.ndarray,
+    b_ka: np.ndarray,
+) -> float:
+    """HSIC_1 of linear kernels ``K = A A^T`` and ``L = B B^T`` from sufficient statistics.
+
+    ``sa = A^T 1``, ``sb = B^T 1``, ``atb = A^T B``, ``ka = sum k_i``, ``kb = sum l_i``,
+    ``kakb = sum k_i l_i``, ``a_kb = A^T l``, ``b_ka = B^T k`` with ``k = diag(K)``,
+    ``l = diag(L)``. The three terms of Song et al.'s HSIC_1, with ``K~ = K - diag(k)``::
+
+        tr(K~ L~)   = ||A^T B||_F^2 - k^T l
+        1^T K~ 1    = ||sa||^2 - sum k_i
+        1^T K~ L~ 1 = (A sa - k)^T (B sb - l)
+                    = sa^T (A^T B) sb - sa^T (A^T l) - sb^T (B^T k) + k^T l
+    """
+    tr_kl = float(np.sum(np.square(atb))) - kakb
+    sum_k = float(sa @ sa) - ka
+    sum_l = float(sb @ sb) - kb
+    one_kl_one = float(sa @ atb @ sb) - float(sa @ a_kb) - float(sb @ b_ka) + kakb
+    return (tr_kl + sum_k * sum_l / ((n - 1) * (n - 2)) - 2.0 * one_kl_one / (n - 2)) / (n * (n - 3))
+
+
+def _unbiased_needs_four(n: int) -> ValueError:
+    return ValueError(f"unbiased CKA (HSIC_1) needs at least 4 samples, got {n}")
+
+
+def linear_cka(x: Any, y: Any, *, centered: bool = True, estimator: Estimator = "biased") -> float:
     """Linear CKA between two representations of the same samples (Kornblith et al., 2019).
 
     .. math::
@@ -95,6 +241,37 @@ def linear_cka(x: Any, y: Any, *, centered: bool = True) -> float:
     HSIC form ``tr(K H L H) / sqrt(tr(K H K H) tr(L H L H))`` with ``K = X X^T``,
     ``L = Y Y^T`` and ``H = I - 1 1^T / n``, but costs ``O(n (p^2 + q^2 + p q))`` time and
     ``O(p^2 + q^2 + p q)`` memory instead of ``O(n^2)``.
+
+    With ``estimator="unbiased"`` each HSIC is the unbiased estimator of Song et al. (JMLR
+    2012), as in the CKA of Nguyen, Raghu and Kornblith (ICLR 2021):
+
+    .. math::
+
+        \\mathrm{HSIC}_1(K, L) = \\frac{1}{n(n-3)} \\Big[ \\operatorname{tr}(\\tilde K \\tilde L)
+            + \\frac{\\mathbf 1^\\top \\tilde K \\mathbf 1 \\; \\mathbf 1^\\top \\tilde L \\mathbf 1}{(n-1)(n-2)}
+            - \\frac{2}{n-2} \\mathbf 1^\\top \\tilde K \\tilde L \\mathbf 1 \\Big],
+        \\qquad
+        \\mathrm{CKA}_u = \\frac{\\mathrm{HSIC}_1(K, L)}{\\sqrt{\\mathrm{HSIC}_1(K, K)\\,\\mathrm{HSIC}_1(L, L)}}
+
+    where ``K~ = K - diag(k)``, ``L~ = L - diag(l)``, ``k_i = ||x_i||^2``, ``l_i = ||y_i||^2``.
+    For linear kernels every term is a feature-space statistic (``s_x = X^T 1``,
+    ``s_y = Y^T 1``):
+
+    .. math::
+
+        \\operatorname{tr}(\\tilde K \\tilde L) &= \\lVert X^\\top Y \\rVert_F^2 - \\textstyle\\sum_i k_i l_i \\\\
+        \\mathbf 1^\\top \\tilde K \\mathbf 1 &= \\lVert s_x \\rVert^2 - \\textstyle\\sum_i k_i \\\\
+        \\mathbf 1^\\top \\tilde K \\tilde L \\mathbf 1 &= s_x^\\top (X^\\top Y) s_y
+            - s_x^\\top \\textstyle\\sum_i l_i x_i - s_y^\\top \\sum_i k_i y_i + \\sum_i k_i l_i
+
+    and likewise for ``(K, K)`` and ``(L, L)`` with ``X^T X``, ``sum k_i^2``, ``sum k_i x_i``
+    and ``Y^T Y``, ``sum l_i^2``, ``sum l_i y_i``. HSIC_1 is invariant to adding a constant
+    vector to every row, so the rows are centered first (only for accuracy). Because
+    ``HSIC_1(K, L)`` equals ``<K^, L^>_F / (n (n - 3))`` for the U-centered kernels ``K^``,
+    ``L^`` (Szekely and Rizzo, Ann. Statist. 2014), ``HSIC_1(K, K) >= 0`` and ``CKA_u`` lies
+    in ``[-1, 1]``; it is unbiased in each HSIC (not in the ratio), and near 0 for
+    independent representations at any ``n`` and width, where the biased value is inflated
+    (about ``sqrt(p q) / n`` while small, near 1 when ``p, q >> n``).
 
     Parameters
     ----------
@@ -109,13 +286,17 @@ def linear_cka(x: Any, y: Any, *, centered: bool = True) -> float:
         Mirage reference code computes (arXiv:2605.20282). Beware that uncentered alignment
         is dominated by the feature means: for non-negative features (post-ReLU
         activations) both Grams share a large rank-one mean component, which pushes the
-        value toward 1 for almost any pair of representations.
+        value toward 1 for almost any pair of representations. Must be true for the
+        unbiased estimator.
+    estimator : {"biased", "unbiased"}
+        ``"biased"`` (default): the HSIC of Kornblith et al., as above. ``"unbiased"``:
+        HSIC_1 of Song et al. (needs ``n >= 4``).
 
     Returns
     -------
     float
-        Similarity in ``[0, 1]``; 1 for representations equal up to rotation and isotropic
-        scaling. 0.0 when the denominator is zero, i.e. when either representation is
+        Similarity in ``[0, 1]`` (biased) or ``[-1, 1]`` (unbiased); 1 for representations
+        equal up to rotation and isotropic scaling. 0.0 when the denominator is zero, i.e. when either representation is
         constant across samples (centered) or all zero (uncentered), or when ``n < 2`` and
         ``centered`` is true. A feature whose centered sum of squares is below about
         ``1.4e-14`` of its raw sum of squares (a spread under ~1e-7 of its mean, below
@@ -125,8 +306,11 @@ def linear_cka(x: Any, y: Any, *, centered: bool = True) -> float:
     Raises
     ------
     ValueError
-        If ``x`` or ``y`` is not 2-D, has no features or no samples, or the row counts differ.
+        If ``x`` or ``y`` is not 2-D, has no features or no samples, or the row counts
+        differ; if ``estimator`` is unknown, or ``"unbiased"`` with ``centered=False`` or
+        fewer than 4 samples.
     """
+    _check_estimator(estimator, centered)
     xa = _as_matrix(x, "x")
     ya = _as_matrix(y, "y")
     _check_pair(xa, ya)
@@ -134,6 +318,16 @@ def linear_cka(x: Any, y: Any, *, centered: bool = True) -> float:
         raise ValueError("linear_cka needs at least one sample, got 0 rows")
     raw_x = np.sum(np.square(xa), axis=0)
     raw_y = np.sum(np.square(ya), axis=0)
+    if estimator == "unbiased":
+        if xa.shape[0] < 4:
+            raise _unbiased_needs_four(xa.shape[0])
+        sx, sy = _pow2_scale(xa), _pow2_scale(ya)
+        xa = xa - xa.mean(axis=0)
+        ya = ya - ya.mean(axis=0)
+        # Constant features contribute exactly nothing to HSIC_1; drop their rounding residue.
+        xa[:, np.sum(np.square(xa), axis=0) <= _DEGENERATE_RTOL * raw_x] = 0.0
+        ya[:, np.sum(np.square(ya), axis=0) <= _DEGENERATE_RTOL * raw_y] = 0.0
+        return _UnbiasedStats.of(xa * sx, ya * sy).cka()
     if centered:
         # Centering the data directly (rather than correcting raw Grams) is the most
         # accurate route when the whole matrix is at hand.
@@ -167,14 +361,30 @@ class LinearCKA:
     overall ones. Per-feature raw sums of squares are kept as well, to tell constant
     features from rounding residue (see :func:`linear_cka`).
 
+    With ``estimator="unbiased"`` the state also holds, for the shifted rows ``x_i``,
+    ``y_i`` with ``k_i = ||x_i||^2`` and ``l_i = ||y_i||^2``, the scalars ``sum k_i``,
+    ``sum l_i``, ``sum k_i^2``, ``sum l_i^2``, ``sum k_i l_i`` and the vectors
+    ``sum k_i x_i``, ``sum l_i x_i`` (p), ``sum k_i y_i``, ``sum l_i y_i`` (q): with the
+    Grams and column sums these give every term of HSIC_1 (formulas in :func:`linear_cka`),
+    still in memory independent of ``n``. HSIC_1 is invariant to the shift, so no
+    correction is needed, and the rows are also multiplied by a power of two fixed by the
+    first batch (exact in floating point) to keep ``sum k_i^2`` far from overflow. The
+    result equals :func:`linear_cka` with ``estimator="unbiased"`` on the concatenated
+    batches to about 1e-10 relative; a representation whose features are all constant
+    gives 0.0.
+
     Parameters
     ----------
     centered : bool
         As in :func:`linear_cka`.
+    estimator : {"biased", "unbiased"}
+        As in :func:`linear_cka`.
     """
 
-    def __init__(self, *, centered: bool = True) -> None:
+    def __init__(self, *, centered: bool = True, estimator: Estimator = "biased") -> None:
+        _check_estimator(estimator, centered)
         self.centered = bool(centered)
+        self.estimator: Estimator = estimator
         self.reset()
 
     def reset(self) -> None:
@@ -191,6 +401,9 @@ class LinearCKA:
         self._xty: np.ndarray | None = None
         self._raw_x: np.ndarray | None = None
         self._raw_y: np.ndarray | None = None
+        self._scale_x = 1.0
+        self._scale_y = 1.0
+        self._ustats: _UnbiasedStats | None = None
 
     def update(self, x: Any, y: Any) -> LinearCKA:
         """Add a batch: ``x`` of shape (b, p) and ``y`` of shape (b, q), rows paired; returns ``self``."""
@@ -218,6 +431,7 @@ class LinearCKA:
             self._yty = np.zeros((q, q))
             self._xty = np.zeros((p, q))
             self._raw_x, self._raw_y = np.zeros(p), np.zeros(q)
+            self._scale_x, self._scale_y = _pow2_scale(xa), _pow2_scale(ya)
         assert self._raw_x is not None and self._raw_y is not None
         self._raw_x += np.sum(np.square(xa), axis=0)
         self._raw_y += np.sum(np.square(ya), axis=0)
@@ -229,12 +443,20 @@ class LinearCKA:
         self._xtx += xs.T @ xs
         self._yty += ys.T @ ys
         self._xty += xs.T @ ys
+        if self.estimator == "unbiased":
+            batch = _UnbiasedStats.of(xs * self._scale_x, ys * self._scale_y)
+            if self._ustats is None:
+                self._ustats = batch
+            else:
+                self._ustats.add(batch)
         return self
 
     def compute(self) -> float:
         """Linear CKA of all rows seen since the last ``reset``."""
         if self.n == 0:
             raise ValueError("LinearCKA.compute() called before any update() with samples")
+        if self.estimator == "unbiased":
+            return self._compute_unbiased()
         assert self._xtx is not None and self._yty is not None and self._xty is not None
         assert self._sum_x is not None and self._sum_y is not None
         assert self._raw_x is not None and self._raw_y is not None
@@ -246,3 +468,17 @@ class LinearCKA:
             syy = syy - self.n * np.outer(my, my)
             sxy = sxy - self.n * np.outer(mx, my)
         return _cka_from_grams(sxx, syy, sxy, self._raw_x, self._raw_y)
+
+    def _compute_unbiased(self) -> float:
+        if self.n < 4:
+            raise _unbiased_needs_four(self.n)
+        assert self._ustats is not None and self._xtx is not None and self._yty is not None
+        assert self._sum_x is not None and self._sum_y is not None
+        assert self._raw_x is not None and self._raw_y is not None
+        # Centered per-feature sums of squares, judged against the raw ones as in the biased
+        # path; if every feature of one side is constant, what is left is rounding residue.
+        var_x = np.diag(self._xtx) - np.square(self._sum_x) / self.n
+        var_y = np.diag(self._yty) - np.square(self._sum_y) / self.n
+        if np.all(var_x <= _DEGENERATE_RTOL * self._raw_x) or np.all(var_y <= _DEGENERATE_RTOL * self._raw_y):
+            return 0.0
+        return self._ustats.cka()

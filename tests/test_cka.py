@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -221,3 +223,161 @@ def test_bad_input_raises(rng: np.random.Generator) -> None:
         linear_cka(np.zeros((0, 3)), np.zeros((0, 2)))
     with pytest.raises(ValueError, match="same number of rows"):
         LinearCKA().update(x, x[:9])
+
+
+# --------------------------------------------------------------------------------------------
+# Unbiased CKA: HSIC_1 of Song, Smola, Gretton, Bedo and Borgwardt (JMLR 13, 2012), as used
+# for CKA by Nguyen, Raghu and Kornblith (ICLR 2021).
+
+
+def _hsic1_nxn(k: np.ndarray, l_: np.ndarray) -> float:
+    """HSIC_1 straight from its definition on the n x n kernels, O(n^2) memory."""
+    n = k.shape[0]
+    kt = k - np.diag(np.diag(k))
+    lt = l_ - np.diag(np.diag(l_))
+    one = np.ones(n)
+    return float(
+        (
+            np.trace(kt @ lt)
+            + (one @ kt @ one) * (one @ lt @ one) / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * one @ kt @ lt @ one
+        )
+        / (n * (n - 3))
+    )
+
+
+def _unbiased_cka_nxn(x: np.ndarray, y: np.ndarray) -> float:
+    k, l_ = x @ x.T, y @ y.T
+    return _hsic1_nxn(k, l_) / np.sqrt(_hsic1_nxn(k, k) * _hsic1_nxn(l_, l_))
+
+
+def _u_centered(k: np.ndarray) -> np.ndarray:
+    """U-centering of Szekely and Rizzo (2014): <K^, L^> / (n (n - 3)) is HSIC_1."""
+    n = k.shape[0]
+    kt = k - np.diag(np.diag(k))
+    r = kt.sum(axis=1)
+    u = kt - r[:, None] / (n - 2) - r[None, :] / (n - 2) + kt.sum() / ((n - 1) * (n - 2))
+    return u - np.diag(np.diag(u))
+
+
+def test_unbiased_matches_direct_hsic1_on_small_data(rng: np.random.Generator) -> None:
+    for n, p, q in [(4, 2, 3), (5, 3, 1), (9, 6, 4), (60, 13, 4)]:
+        x, y = _pair(rng, n=n, p=p, q=q)
+        expected = _unbiased_cka_nxn(x, y)
+        assert linear_cka(x, y, estimator="unbiased") == pytest.approx(expected, rel=1e-10, abs=1e-13)
+        assert LinearCKA(estimator="unbiased").update(x, y).compute() == pytest.approx(expected, rel=1e-10, abs=1e-13)
+
+
+def test_direct_hsic1_agrees_with_u_centering(rng: np.random.Generator) -> None:
+    # Cross-checks the reference itself against a second, independent form.
+    x, y = _pair(rng, n=12, p=5, q=3)
+    k, l_ = x @ x.T, y @ y.T
+    n = x.shape[0]
+    assert _hsic1_nxn(k, l_) == pytest.approx(np.sum(_u_centered(k) * _u_centered(l_)) / (n * (n - 3)), rel=1e-10)
+
+
+def test_unbiased_minibatch_equals_full_batch(rng: np.random.Generator) -> None:
+    x, y = _pair(rng, n=1000, p=16, q=5)
+    x = x + rng.normal(size=16) * 50.0
+    y = y + 100.0
+    metric = LinearCKA(estimator="unbiased")
+    edges = [0, 1, 3, 100, 101, 457, 900, 1000]  # a one-row first batch fixes the shift
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        assert metric.update(x[lo:hi], y[lo:hi]) is metric
+    full = linear_cka(x, y, estimator="unbiased")
+    assert 0.05 < full < 0.95  # a value that relative error can be judged on
+    assert metric.compute() == pytest.approx(full, rel=1e-10)
+    metric.reset()
+    metric.update(x[:500], y[:500])
+    assert metric.compute() == pytest.approx(linear_cka(x[:500], y[:500], estimator="unbiased"), rel=1e-10)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"centered": False}, {"estimator": "unbiased"}], ids=["biased", "uncentered", "unbiased"]
+)
+def test_identical_rotated_scaled_give_one_for_every_variant(rng: np.random.Generator, kwargs: dict[str, Any]) -> None:
+    x = rng.normal(size=(30, 8)) + 2.0
+    q = _orthogonal(rng, 8)
+    assert linear_cka(x, x, **kwargs) == pytest.approx(1.0, abs=1e-12)
+    assert linear_cka(x, x @ q, **kwargs) == pytest.approx(1.0, abs=1e-12)
+    assert linear_cka(x, 1e-3 * x, **kwargs) == pytest.approx(1.0, abs=1e-12)
+    assert linear_cka(x @ q, 250.0 * x, **kwargs) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_unbiased_invariances_and_symmetry(rng: np.random.Generator) -> None:
+    x, y = _pair(rng, n=80)
+    base = linear_cka(x, y, estimator="unbiased")
+    assert linear_cka(y, x, estimator="unbiased") == pytest.approx(base, rel=1e-12)
+    assert linear_cka(x @ _orthogonal(rng, x.shape[1]), y, estimator="unbiased") == pytest.approx(base, rel=1e-10)
+    assert linear_cka(0.02 * x, 7.0 * y, estimator="unbiased") == pytest.approx(base, rel=1e-10)
+    offset = rng.normal(size=x.shape[1]) * 5.0
+    assert linear_cka(x + offset, y, estimator="unbiased") == pytest.approx(base, rel=1e-10)
+    d = np.diag(np.linspace(0.1, 10.0, x.shape[1]))
+    assert abs(linear_cka(x @ d, y, estimator="unbiased") - base) > 1e-3
+
+
+def test_unbiased_near_zero_where_biased_is_large(rng: np.random.Generator) -> None:
+    # n = 20 samples of two independent 500-d representations: the biased estimator is
+    # inflated toward 1 (p, q >> n), the unbiased
+    # one is centered on 0 (single-draw spread about 0.07 at this size).
+    biased, unbiased = [], []
+    for _ in range(20):
+        x = rng.normal(size=(20, 500))
+        y = rng.normal(size=(20, 500))
+        biased.append(linear_cka(x, y))
+        unbiased.append(linear_cka(x, y, estimator="unbiased"))
+    assert min(biased) > 0.9
+    assert abs(float(np.mean(unbiased))) < 0.05
+    assert max(abs(u) for u in unbiased) < 0.35
+
+
+def test_unbiased_can_be_negative_and_stays_in_range(rng: np.random.Generator) -> None:
+    values = [linear_cka(rng.normal(size=(6, 3)), rng.normal(size=(6, 3)), estimator="unbiased") for _ in range(50)]
+    assert min(values) < 0.0
+    assert all(-1.0 <= v <= 1.0 for v in values)
+
+
+def test_unbiased_and_biased_agree_at_large_n(rng: np.random.Generator) -> None:
+    x, y = _pair(rng, n=20000, p=6, q=3)
+    assert linear_cka(x, y, estimator="unbiased") == pytest.approx(linear_cka(x, y), abs=2e-3)
+
+
+def test_unbiased_degenerate_inputs(rng: np.random.Generator) -> None:
+    y = rng.normal(size=(40, 3))
+    const = np.full((40, 4), 0.1)
+    assert linear_cka(const, y, estimator="unbiased") == 0.0
+    assert linear_cka(y, const, estimator="unbiased") == 0.0
+    metric = LinearCKA(estimator="unbiased")
+    for lo in range(0, 40, 7):
+        metric.update(const[lo : lo + 7], y[lo : lo + 7])
+    assert metric.compute() == 0.0
+    x, y = _pair(rng)
+    with_const = np.column_stack([x, np.full(x.shape[0], 1e8)])
+    expected = linear_cka(x, y, estimator="unbiased")
+    assert linear_cka(with_const, y, estimator="unbiased") == pytest.approx(expected, rel=1e-9)
+    metric = LinearCKA(estimator="unbiased")
+    for lo in range(0, x.shape[0], 64):
+        metric.update(with_const[lo : lo + 64], y[lo : lo + 64])
+    assert metric.compute() == pytest.approx(expected, rel=1e-9)
+
+
+def test_unbiased_huge_values_do_not_overflow(rng: np.random.Generator) -> None:
+    # sum ||x_i||^4 would overflow float64 beyond about 1e77 without the power-of-two rescaling.
+    x, y = _pair(rng, n=50)
+    expected = linear_cka(x, y, estimator="unbiased")
+    assert linear_cka(1e150 * x, 1e-150 * y, estimator="unbiased") == pytest.approx(expected, rel=1e-10)
+    assert LinearCKA(estimator="unbiased").update(1e150 * x, y).compute() == pytest.approx(expected, rel=1e-10)
+
+
+def test_unbiased_argument_errors(rng: np.random.Generator) -> None:
+    x = rng.normal(size=(3, 2))
+    with pytest.raises(ValueError, match="at least 4 samples"):
+        linear_cka(x, x, estimator="unbiased")
+    with pytest.raises(ValueError, match="at least 4 samples"):
+        LinearCKA(estimator="unbiased").update(x, x).compute()
+    with pytest.raises(ValueError, match="always centered"):
+        linear_cka(x, x, centered=False, estimator="unbiased")
+    with pytest.raises(ValueError, match="always centered"):
+        LinearCKA(centered=False, estimator="unbiased")
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        linear_cka(x, x, estimator="debiased")  # type: ignore[arg-type]
