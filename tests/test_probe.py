@@ -193,3 +193,243 @@ def test_too_few_forget_samples_says_how_many(rng: np.random.Generator, n_forget
     y[:n_forget] = True
     with pytest.raises(ValueError, match=f"got {n_forget} forget and {100 - n_forget} retained"):
         linear_probe_recovery(x, y)
+
+
+# --- intervals, paired gap, batched solver, multi-class recovery -----------------------------
+
+from audits.probe import (  # noqa: E402
+    Interval,
+    LinearProbeGap,
+    LinearProbeRecoveryCI,
+    forgotten_class_recovery,
+    paired_gap,
+    probe_ci,
+    probe_gap_ci,
+    probe_many_ci,
+)
+from audits.probe_batch import binary_scores, fit_logistic_batch  # noqa: E402
+
+
+def test_interval_from_values_is_percentile() -> None:
+    iv = Interval.from_values(np.arange(11.0), level=0.8)
+    assert (iv.mean, iv.low, iv.high) == (5.0, 1.0, 9.0)
+    assert iv.values == tuple(float(v) for v in range(11))
+    assert iv.covers(5.0) and not iv.covers(9.5)
+    with pytest.raises(ValueError, match="level"):
+        Interval.from_values([1.0], level=1.0)
+
+
+@pytest.mark.parametrize("method", ["splits", "bootstrap"])
+def test_separable_class_has_lpr_one_and_tight_interval(rng: np.random.Generator, method: str) -> None:
+    x, is_forget = _planted(rng)
+    ci = probe_ci(x, is_forget, method=method, n_repeats=5, n_bootstrap=200)
+    for iv in (ci.balanced_accuracy, ci.auroc):
+        assert (iv.low, iv.mean, iv.high) == (1.0, 1.0, 1.0)
+    assert len(ci.balanced_accuracy.values) == (5 if method == "splits" else 200)
+    assert (ci.n_fit, ci.n_eval, ci.method) == (420, 180, method)
+
+
+@pytest.mark.parametrize("method", ["splits", "bootstrap"])
+def test_random_labels_interval_covers_chance(rng: np.random.Generator, method: str) -> None:
+    # Balanced labels: with a rare class the probe predicts "retained" for all and BA sits at
+    # exactly 0.5 with no spread; with balanced ones both scores fluctuate around 0.5.
+    x = rng.normal(size=(1500, 10))
+    is_forget = rng.random(1500) < 0.5
+    ci = probe_ci(x, is_forget, method=method, n_repeats=10, n_bootstrap=500, seed=1)
+    for iv in (ci.balanced_accuracy, ci.auroc):
+        assert iv.covers(0.5)
+        assert iv.mean == pytest.approx(0.5, abs=0.05)
+        assert 0.0 < iv.high - iv.low < 0.2  # real spread, but not uninformative
+
+
+def test_splits_repeat_zero_is_the_single_split_result(rng: np.random.Generator) -> None:
+    x, is_forget = _planted(rng, shift=1.0)
+    ci = probe_ci(x, is_forget, n_repeats=3, seed=4, solver="sklearn")
+    for r in range(3):
+        single = linear_probe_recovery(x, is_forget, seed=4 + r)
+        assert ci.balanced_accuracy.values[r] == pytest.approx(single.balanced_accuracy, abs=1e-12)
+        assert ci.auroc.values[r] == pytest.approx(single.auroc, abs=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["batch", "sklearn"])
+@pytest.mark.parametrize("method", ["splits", "bootstrap"])
+def test_identical_audited_and_retrain_gap_is_exactly_zero(rng: np.random.Generator, solver: str, method: str) -> None:
+    x, is_forget = _planted(rng, shift=1.0)
+    gap = probe_gap_ci(x, x.copy(), is_forget, solver=solver, method=method, n_repeats=4, n_bootstrap=100)
+    for iv in (gap.balanced_accuracy_gap, gap.auroc_gap):
+        assert (iv.low, iv.mean, iv.high) == (0.0, 0.0, 0.0)
+        assert set(iv.values) == {0.0}
+    assert 0.5 < gap.audited.auroc.mean < 1.0  # the probes themselves are not trivial
+
+
+def test_paired_gap_is_narrower_than_unpaired(rng: np.random.Generator) -> None:
+    # Retrain keeps a weaker copy of the signal plus small noise: the two models' per-split
+    # values move together, so the paired interval is narrower than the marginal ones.
+    n = 800
+    is_forget = rng.random(n) < 0.25
+    base = rng.normal(size=(n, 5))
+    base[is_forget, 0] += 1.0
+    audited = base.copy()
+    audited[is_forget, 1] += 0.6
+    retrain = base + 0.05 * rng.normal(size=(n, 5))
+    gap = probe_gap_ci(audited, retrain, is_forget, n_repeats=10, seed=2)
+    width = gap.auroc_gap.high - gap.auroc_gap.low
+    assert gap.auroc_gap.mean > 0.02 and gap.auroc_gap.low > 0.0
+    assert width < gap.audited.auroc.high - gap.audited.auroc.low
+    assert width < gap.retrain.auroc.high - gap.retrain.auroc.low
+    a = np.asarray(gap.audited.auroc.values) - np.asarray(gap.retrain.auroc.values)
+    assert np.allclose(a, gap.auroc_gap.values)
+
+
+def test_paired_gap_refuses_different_splits(rng: np.random.Generator) -> None:
+    x, is_forget = _planted(rng, shift=1.0)
+    a = probe_ci(x, is_forget, n_repeats=2, seed=0)
+    with pytest.raises(ValueError, match="seed"):
+        paired_gap(a, probe_ci(x, is_forget, n_repeats=2, seed=1))
+    with pytest.raises(ValueError, match="method"):
+        paired_gap(a, probe_ci(x, is_forget, method="bootstrap", n_bootstrap=2))
+    with pytest.raises(ValueError, match="number of repeats"):
+        paired_gap(a, probe_ci(x, is_forget, n_repeats=3, seed=0))
+
+
+def test_ci_classes_equal_functional_after_batches(rng: np.random.Generator) -> None:
+    x, is_forget = _planted(rng, n=500, shift=1.0)
+    r = x + 0.3 * rng.normal(size=x.shape)
+    kw = {"n_repeats": 3, "seed": 5}
+    ci, gap = LinearProbeRecoveryCI(**kw), LinearProbeGap(**kw)
+    for lo, hi in [(0, 100), (100, 101), (101, 500)]:
+        assert ci.update(x[lo:hi], is_forget[lo:hi]) is ci
+        assert gap.update(x[lo:hi], r[lo:hi], is_forget[lo:hi]) is gap
+    assert ci.n_samples == gap.n_samples == 500
+    assert ci.compute() == probe_ci(x, is_forget, **kw)
+    assert gap.compute() == probe_gap_ci(x, r, is_forget, **kw)
+    ci.reset()
+    gap.reset()
+    assert ci.n_samples == gap.n_samples == 0
+    with pytest.raises(ValueError, match="before any update"):
+        ci.compute()
+    with pytest.raises(ValueError, match="before any update"):
+        gap.compute()
+    gap.update(x[:10], r[:10], is_forget[:10])
+    with pytest.raises(ValueError, match="retrain width changed"):
+        gap.update(x[:10], r[:10, :3], is_forget[:10])
+    with pytest.raises(ValueError, match="solver"):
+        LinearProbeGap(solver="torch")
+
+
+def test_ci_bad_arguments(rng: np.random.Generator) -> None:
+    x, is_forget = _planted(rng)
+    with pytest.raises(ValueError, match="method"):
+        probe_ci(x, is_forget, method="jackknife")
+    with pytest.raises(ValueError, match="at least 1"):
+        probe_ci(x, is_forget, n_repeats=0)
+    with pytest.raises(ValueError, match="level"):
+        probe_ci(x, is_forget, level=95)
+    assert probe_many_ci([], is_forget) == []
+
+
+def _sklearn_probe(x_fit: np.ndarray, t: np.ndarray, C: float) -> LogisticRegression:
+    return LogisticRegression(C=C, solver="lbfgs", max_iter=10_000, tol=1e-12).fit(x_fit, t)
+
+
+@pytest.mark.parametrize("C", [0.05, 1.0, 20.0])
+def test_batched_newton_reaches_sklearn_optimum(rng: np.random.Generator, C: float) -> None:
+    # Three problems of one batch: overlapping, separable, and with a constant (zero) column.
+    n, d = 300, 6
+    xs, ts = [], []
+    for shift in (0.5, 6.0, 1.5):
+        t = (rng.random(n) < 0.3).astype(float)
+        x = rng.normal(size=(n, d))
+        x[:, 0] += shift * t
+        xs.append(x)
+        ts.append(t)
+    xs[2][:, 3] = 0.0
+    w, b = fit_logistic_batch(np.stack(xs), np.stack(ts), C=C)
+    for k in range(3):
+        ref = _sklearn_probe(xs[k], ts[k], C)
+        assert np.allclose(w[k], ref.coef_[0], atol=1e-5, rtol=1e-5)
+        assert b[k] == pytest.approx(ref.intercept_[0], abs=1e-5)
+    assert w[2, 3] == 0.0
+
+
+def test_binary_scores_match_sklearn_metrics(rng: np.random.Generator) -> None:
+    y = (rng.random((4, 50)) < 0.4).astype(int)
+    s = np.round(rng.normal(size=(4, 50)), 1)  # rounding creates ties
+    ba, auc = binary_scores(s, y)
+    for k in range(4):
+        assert ba[k] == pytest.approx(balanced_accuracy_score(y[k], s[k] > 0), abs=1e-12)
+        assert auc[k] == pytest.approx(roc_auc_score(y[k], s[k]), abs=1e-12)
+
+
+def test_batch_solver_matches_sklearn_lpr(rng: np.random.Generator) -> None:
+    # Several representations of mixed widths and difficulty, one shared split.
+    n = 1200
+    is_forget = rng.random(n) < 0.15
+    reps = []
+    for d, shift in [(16, 0.3), (16, 0.8), (8, 0.0), (32, 0.2), (16, 3.0)]:
+        x = rng.normal(size=(n, d))
+        x[is_forget] += shift * rng.normal(size=d)
+        reps.append(x)
+    reps.append(reps[1].copy())  # a duplicate is fit once and must still come out right
+    ref = probe_many(reps, is_forget, seed=3)
+    fast = probe_many(reps, is_forget, seed=3, solver="batch")
+    for a, b in zip(ref, fast, strict=True):
+        assert (a.n_fit, a.n_eval) == (b.n_fit, b.n_eval)
+        assert b.balanced_accuracy == pytest.approx(a.balanced_accuracy, abs=1e-3)
+        assert b.auroc == pytest.approx(a.auroc, abs=1e-3)
+    ci_ref = probe_many_ci(reps[:3], is_forget, n_repeats=3, solver="sklearn")
+    ci_fast = probe_many_ci(reps[:3], is_forget, n_repeats=3, solver="batch")
+    for a, b in zip(ci_ref, ci_fast, strict=True):
+        assert np.allclose(a.auroc.values, b.auroc.values, atol=1e-3)
+        assert np.allclose(a.balanced_accuracy.values, b.balanced_accuracy.values, atol=1e-3)
+
+
+def _suppressed_class_data(rng: np.random.Generator):
+    """4 well-separated classes; the model's logits never predict class 2 (the forgotten one)."""
+    centers = 6.0 * np.eye(4, 8)
+    y_tr = np.repeat(np.arange(4), 100)
+    y_te = np.repeat(np.arange(4), 40)
+    x_tr = centers[y_tr] + rng.normal(size=(y_tr.size, 8))
+    x_te = centers[y_te] + rng.normal(size=(y_te.size, 8))
+    logits = np.eye(4)[y_te] * 5.0
+    logits[:, 2] = -10.0  # output suppressed for the forgotten class
+    return x_tr, y_tr, x_te, y_te, logits
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_forgotten_class_encoded_but_output_suppressed(rng: np.random.Generator, metric: str) -> None:
+    x_tr, y_tr, x_te, y_te, logits = _suppressed_class_data(rng)
+    res = forgotten_class_recovery(x_tr, y_tr, x_te, y_te, [2], test_logits=logits, ncm_metric=metric)
+    assert res.output_accuracy == 0.0
+    assert res.probe_accuracy >= 0.95
+    assert res.ncm_accuracy >= 0.95
+    assert res.retain_probe_accuracy >= 0.95
+    assert res.n_forget_test == 40
+    assert res.to_dict()["ncm_metric"] == metric
+
+
+def test_forgotten_class_removed_from_representation(rng: np.random.Generator) -> None:
+    # Class 2's train and test embeddings are drawn like class 0's: nothing tells them apart,
+    # so neither the probe nor the class means can do much better than a coin between 0 and 2.
+    x_tr, y_tr, x_te, y_te, _ = _suppressed_class_data(rng)
+    centers = 6.0 * np.eye(4, 8)
+    x_tr[y_tr == 2] = centers[0] + rng.normal(size=(100, 8))
+    x_te[y_te == 2] = centers[0] + rng.normal(size=(40, 8))
+    res = forgotten_class_recovery(x_tr, y_tr, x_te, y_te, [2])
+    assert res.output_accuracy is None
+    assert res.probe_accuracy < 0.8
+    assert res.ncm_accuracy < 0.8
+
+
+def test_forgotten_class_recovery_bad_input(rng: np.random.Generator) -> None:
+    x_tr, y_tr, x_te, y_te, logits = _suppressed_class_data(rng)
+    with pytest.raises(ValueError, match="no train samples"):
+        forgotten_class_recovery(x_tr[y_tr != 2], y_tr[y_tr != 2], x_te, y_te, [2])
+    with pytest.raises(ValueError, match="no test sample"):
+        forgotten_class_recovery(x_tr, y_tr, x_te[y_te != 2], y_te[y_te != 2], [2])
+    with pytest.raises(ValueError, match="width"):
+        forgotten_class_recovery(x_tr, y_tr, x_te[:, :4], y_te, [2])
+    with pytest.raises(ValueError, match="ncm_metric"):
+        forgotten_class_recovery(x_tr, y_tr, x_te, y_te, [2], ncm_metric="manhattan")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="columns"):
+        forgotten_class_recovery(x_tr, y_tr, x_te, y_te, [2], test_logits=logits[:, :3])
