@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from audits.base import AuditData, Auditor, register_auditor
+from audits.membership import membership_inference
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float | None:
@@ -33,9 +34,47 @@ def output_metrics(logits: np.ndarray, labels: np.ndarray, split: np.ndarray, fo
     }
 
 
+def membership_groups(data: AuditData) -> np.ndarray:
+    """``member`` for forgotten training samples, ``nonmember`` for unseen test samples they
+    should look like (class requests: test samples of the forgotten classes; sample requests:
+    every test sample), ``other`` for the rest."""
+    member = data.split == "forget_train"
+    unseen = (data.split == "test") & (data.forget if data.kind == "class" else True)
+    return np.where(member, "member", np.where(unseen, "nonmember", "other"))
+
+
 @register_auditor("output")
 class OutputAuditor(Auditor):
-    """Output-level forgetting: what the model predicts (suppression, not removal)."""
+    """Output-level forgetting: what the model predicts (suppression, not removal).
+
+    Besides the accuracies, ``membership`` is a loss-threshold membership attack (Yeom et al.,
+    CSF 2018) of forgotten training samples against unseen test samples, with a bootstrap
+    interval, and its difficulty-calibrated variant against ``retrain``'s losses (Watson et al.,
+    ICLR 2022; see :mod:`audits.membership`): an AUC near 0.5 means the forgotten samples look
+    unseen. ``None`` when there are no forgotten samples (party and feature requests).
+    """
+
+    def __init__(self, *, seed: int = 0) -> None:
+        self.seed = seed
 
     def audit(self, data: AuditData) -> dict[str, dict[str, Any]]:
-        return {name: output_metrics(m.logits, data.labels, data.split, data.forget) for name, m in data.models.items()}
+        groups = membership_groups(data)
+        has_groups = bool((groups == "member").any() and (groups == "nonmember").any())
+        reference = data.models["retrain"].logits if "retrain" in data.models else None
+        out: dict[str, dict[str, Any]] = {}
+        for name, m in data.models.items():
+            out[name] = output_metrics(m.logits, data.labels, data.split, data.forget)
+            out[name]["membership"] = (
+                membership_inference(
+                    m.logits,
+                    data.labels,
+                    groups,
+                    reference_logits=reference,
+                    member="member",
+                    nonmember="nonmember",
+                    seed=self.seed,
+                ).to_dict()
+                if has_groups
+                else None
+            )
+        return out

@@ -11,11 +11,28 @@ For every model, on the fused embedding and on each party's own embedding:
 - ``lpr_gap``: ``lpr(model) - lpr(retrain)`` on the same samples and split. Absolute LPR is
   not informative on its own (a retrained model may still separate a class it never saw);
   the gap to the model that never saw the data is.
+- ``lpr_interval``, ``lpr_gap_interval``: 95 % percentile intervals of LPR and of the gap
+  over ``repeats`` stratified splits (split 0 is the one ``lpr`` reports), the gap paired split
+  by split (:func:`audits.probe.probe_many_ci`); the reference code reports one split.
 - ``cka_original``, ``cka_retrain``: centered linear CKA (Kornblith et al., ICML 2019) to the
-  original model's and the retrained model's embeddings of the same samples.
+  original model's and the retrained model's embeddings of the same samples;
+  ``..._unbiased``: the debiased-HSIC estimator (Song et al., JMLR 2012; Nguyen et al., ICLR
+  2021), about 0 for unrelated embeddings; ``..._uncentered``: CKA without centering, as the
+  Mirage reference code computes it (pushed toward 1 for non-negative features), only for
+  comparison with published tables.
+- ``separability``: Fisher ratio, silhouette and kNN purity (with its chance level) of the
+  forgotten samples among the probe samples (:mod:`audits.separability`).
+- ``consistency``: retraining consistency against ``retrain`` (after "Erased, but Not Gone",
+  arXiv 2606.25001): residual of the best linear map onto retrain's embedding, on forgotten
+  and on held-out retained samples, and the share of it in retrain's top principal directions
+  (:mod:`audits.consistency`).
+- ``class_recovery`` (class requests, fused embedding): a multi-class probe trained on the
+  training embeddings of every class, its accuracy on the forgotten classes' test samples next
+  to the model's own output accuracy and a nearest-class-mean rule ("An Illusion of
+  Unlearning?", arXiv 2604.08271).
 
-Every probe of one audit shares one stratified split, so models and parties are compared on
-identical samples.
+Every probe of one audit shares the same stratified splits, so models and parties are compared
+on identical samples.
 """
 
 from __future__ import annotations
@@ -26,7 +43,9 @@ import numpy as np
 
 from audits.base import AuditData, Auditor, register_auditor
 from audits.cka import linear_cka
-from audits.probe import probe_many
+from audits.consistency import retrain_consistency
+from audits.probe import ProbeCI, forgotten_class_recovery, paired_gap, probe_many_ci
+from audits.separability import fisher_ratio, forget_silhouette, knn_purity
 
 ORIGINAL, RETRAIN = "original", "retrain"
 
@@ -46,18 +65,22 @@ def probe_samples(data: AuditData, seed: int = 0) -> np.ndarray:
 
 @register_auditor("representation")
 class RepresentationAuditor(Auditor):
-    """Linear probe recovery and CKA per model, fused and per party.
+    """Linear probe recovery (with intervals), CKA, separability and retraining consistency per
+    model, fused and per party; multi-class recovery of forgotten classes.
 
     Parameters
     ----------
     eval_fraction, C, seed
         Probe settings (70/30 split, ``C = 1``, as in Mirage).
+    repeats
+        Stratified splits behind the LPR intervals (1: a single split, no interval).
     """
 
-    def __init__(self, *, eval_fraction: float = 0.3, C: float = 1.0, seed: int = 0) -> None:
+    def __init__(self, *, eval_fraction: float = 0.3, C: float = 1.0, seed: int = 0, repeats: int = 5) -> None:
         self.eval_fraction = eval_fraction
         self.C = C
         self.seed = seed
+        self.repeats = repeats
 
     def audit(self, data: AuditData) -> dict[str, dict[str, Any]]:
         rows = probe_samples(data, self.seed)
@@ -68,24 +91,89 @@ class RepresentationAuditor(Auditor):
             for name, m in data.models.items()
         }
         keys = list(views[names[0]])
-        # One split for every probe: fit all (model, view) pairs on identical samples.
+        # The same splits for every probe: all (model, view) pairs are fit on identical samples.
         flat = [views[n][k] for n in names for k in keys]
-        results = iter(probe_many(flat, is_forget, eval_fraction=self.eval_fraction, C=self.C, seed=self.seed))
+        results = iter(
+            probe_many_ci(
+                flat,
+                is_forget,
+                n_repeats=self.repeats,
+                eval_fraction=self.eval_fraction,
+                C=self.C,
+                seed=self.seed,
+            )
+        )
         probes = {n: {k: next(results) for k in keys} for n in names}
+        recovery = self._class_recovery(data) if data.kind == "class" else {}
 
         out: dict[str, dict[str, Any]] = {}
         for n in names:
-            per_view: dict[str, dict[str, Any]] = {}
-            for k in keys:
-                p = probes[n][k]
-                ref = probes[RETRAIN][k] if RETRAIN in probes else None
-                per_view[k] = {
-                    "lpr": p.balanced_accuracy,
-                    "lpr_auroc": p.auroc,
-                    "lpr_gap": None if ref is None else p.balanced_accuracy - ref.balanced_accuracy,
-                    "cka_original": linear_cka(views[n][k], views[ORIGINAL][k]),
-                    "cka_retrain": None if RETRAIN not in views else linear_cka(views[n][k], views[RETRAIN][k]),
-                    "probe_samples": {"fit": p.n_fit, "eval": p.n_eval, "forget": int(is_forget.sum())},
-                }
+            per_view = {k: self._view(n, k, views, probes, is_forget) for k in keys}
             out[n] = {"fused": per_view["fused"], "parties": {k: per_view[k] for k in keys if k != "fused"}}
+            if n in recovery:
+                out[n]["class_recovery"] = recovery[n]
+        return out
+
+    def _view(
+        self,
+        name: str,
+        key: str,
+        views: dict[str, dict[str, np.ndarray]],
+        probes: dict[str, dict[str, ProbeCI]],
+        is_forget: np.ndarray,
+    ) -> dict[str, Any]:
+        x, p = views[name][key], probes[name][key]
+        retrain = views[RETRAIN][key] if RETRAIN in views else None
+        gap = paired_gap(p, probes[RETRAIN][key]) if RETRAIN in probes else None
+        purity = knn_purity(x, is_forget)
+
+        def cka(other: str) -> dict[str, float | None]:
+            if other not in views:
+                return {f"cka_{other}": None, f"cka_{other}_unbiased": None, f"cka_{other}_uncentered": None}
+            y = views[other][key]
+            return {
+                f"cka_{other}": linear_cka(x, y),
+                f"cka_{other}_unbiased": linear_cka(x, y, estimator="unbiased"),
+                f"cka_{other}_uncentered": linear_cka(x, y, centered=False),
+            }
+
+        return {
+            "lpr": p.balanced_accuracy.values[0],  # split 0: the Mirage single-split value
+            "lpr_auroc": p.auroc.values[0],
+            "lpr_gap": None if gap is None else gap.balanced_accuracy_gap.values[0],
+            "lpr_interval": [p.balanced_accuracy.low, p.balanced_accuracy.high],
+            "lpr_gap_interval": None
+            if gap is None
+            else [gap.balanced_accuracy_gap.low, gap.balanced_accuracy_gap.high],
+            **cka(ORIGINAL),
+            **cka(RETRAIN),
+            "separability": {
+                "fisher_ratio": fisher_ratio(x, is_forget),
+                "silhouette": forget_silhouette(x, is_forget),
+                "knn_purity": purity.purity,
+                "knn_chance": purity.chance,
+            },
+            "consistency": None
+            if retrain is None
+            else retrain_consistency(x, retrain, is_forget, seed=self.seed).to_dict(),
+            "probe_samples": {"fit": p.n_fit, "eval": p.n_eval, "forget": int(is_forget.sum()), "splits": self.repeats},
+        }
+
+    def _class_recovery(self, data: AuditData) -> dict[str, dict[str, Any]]:
+        train = data.mask("retain_train") | data.mask("forget_train")
+        test = data.mask("test")
+        classes = sorted({int(c) for c in data.labels[data.forget]})
+        out: dict[str, dict[str, Any]] = {}
+        for name, m in data.models.items():
+            fused = m.fused
+            result = forgotten_class_recovery(
+                fused[train],
+                data.labels[train],
+                fused[test],
+                data.labels[test],
+                classes,
+                test_logits=m.logits[test],
+                C=self.C,
+            )
+            out[name] = result.to_dict()
         return out

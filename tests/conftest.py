@@ -53,3 +53,19 @@ def trained(exp: Experiment, epochs: int = 2) -> tuple[Server, UnlearningCoordin
     )
     server.save_state(ORIGINAL)
     return server, UnlearningCoordinator(server, exp.forget, exp.cfg.train, seed=0, top_seed=exp.top_seed)
+
+
+def assert_close(a: Any, b: Any, tol: float = 1e-4, where: str = "") -> None:
+    """Two report values (numbers, ``None``, or dicts and lists of them) agree within ``tol``."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_close(a[k], b[k], tol, f"{where}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close(x, y, tol, f"{where}[{i}]")
+    elif a is None or isinstance(a, str):
+        assert a == b, (where, a, b)
+    else:
+        assert b is not None and abs(a - b) <= tol, (where, a, b)

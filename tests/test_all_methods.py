@@ -13,7 +13,7 @@ import pytest
 
 from parties.party import registered_ops
 from server.methods import available_methods, get_method
-from tests.conftest import small_config
+from tests.conftest import assert_close, small_config
 from tests.test_flower_app import InProcessGrid, _task_identity  # noqa: F401  (autouse: Flower's run id)
 from vfl_sim.experiment import prepare
 from vfl_sim.runtimes import flower_app
@@ -108,9 +108,7 @@ def test_every_method_runs_over_flower_like_local_and_keeps_data_private(kind: s
     flower = exp.run(tmp_path / "flower", transport=transport)
     for name, model in local["models"].items():
         assert model["communication"]["bytes_total"] > 0 and model["runtime_s"] > 0, name
-        for key, value in model["output"].items():
-            other = flower["models"][name]["output"][key]
-            assert (value is None and other is None) or abs(value - other) <= 1e-4, (name, key, value, other)
+        assert_close(model["output"], flower["models"][name]["output"], where=name)
         assert model["communication"] == flower["models"][name]["communication"], name
     assert_private(grid, exp.dataset.labels.size, cfg.model.embedding_dim)
 

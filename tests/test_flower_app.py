@@ -14,7 +14,7 @@ import pytest
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from tests.conftest import small_config
+from tests.conftest import assert_close, small_config
 from vfl_sim.experiment import prepare
 from vfl_sim.protocol import Backward, Embed, LocalOp
 from vfl_sim.runtimes import flower_app
@@ -87,9 +87,7 @@ def test_flower_run_matches_local_run(tmp_path) -> None:
     assert transport.nodes == {"party_0": 1001, "party_1": 1002, "party_2": 1000}
     flower = prepare(cfg).run(tmp_path / "flower", transport=transport)
     for name, model in local["models"].items():
-        for key, value in model["output"].items():
-            other = flower["models"][name]["output"][key]
-            assert (value is None and other is None) or abs(value - other) <= 1e-4, (name, key)
+        assert_close(model["output"], flower["models"][name]["output"], where=name)
         assert flower["models"][name]["representation"]["fused"]["lpr"] == pytest.approx(
             model["representation"]["fused"]["lpr"], abs=1e-4
         )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import small_config
+from tests.conftest import assert_close, small_config
 from vfl_sim.config import ExperimentConfig
 from vfl_sim.experiment import prepare
 from vfl_sim.runtimes.flower_launch import FlowerProcesses, FlowerRuntimeError, tagged_pids
@@ -55,9 +55,7 @@ class Watch:
 def _assert_same_outputs(a: dict, b: dict) -> None:
     assert a["models"].keys() == b["models"].keys()
     for name, model in a["models"].items():
-        for key, value in model["output"].items():
-            other = b["models"][name]["output"][key]
-            assert (value is None and other is None) or abs(value - other) <= 1e-4, (name, key, value, other)
+        assert_close(model["output"], b["models"][name]["output"], where=name)
 
 
 def test_flower_sim_matches_local(tmp_path: Path) -> None:

@@ -206,6 +206,7 @@ class AuditConfig(_Section):
     probe_eval_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.3
     probe_C: Annotated[float, Field(gt=0)] = 1.0
     max_samples: Annotated[int, Field(ge=10)] = 5000
+    probe_repeats: Annotated[int, Field(ge=1, le=100)] = 5
 
 
 class FlowerConfig(_Section):

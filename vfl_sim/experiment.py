@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 import server.methods  # noqa: F401  (registers the built-in methods)
-from audits.base import AuditData, ModelEmbeddings, get_auditor
+from audits.base import AuditData, Auditor, ModelEmbeddings, get_auditor
+from audits.output import OutputAuditor
 from audits.probe import stratified_split
 from audits.representation import RepresentationAuditor, probe_samples
 from server.coordinator import ORIGINAL, UnlearningCoordinator, resolve_forget_request
@@ -320,11 +321,14 @@ class Experiment:
     def audit(self, data: AuditData) -> dict[str, dict[str, dict[str, Any]]]:
         """Run the auditors; returns ``{model: {section: result}}``."""
         a = self.cfg.audit
-        auditors = [get_auditor("output")()]
+        auditors: list[Auditor] = [OutputAuditor(seed=derive_seed(self.cfg.seed, "membership"))]
         if not self.forget.removes_data_of_a_party:  # the probe looks for forgotten samples
             auditors.append(
                 RepresentationAuditor(
-                    eval_fraction=a.probe_eval_fraction, C=a.probe_C, seed=derive_seed(self.cfg.seed, "probe")
+                    eval_fraction=a.probe_eval_fraction,
+                    C=a.probe_C,
+                    seed=derive_seed(self.cfg.seed, "probe"),
+                    repeats=a.probe_repeats,
                 )
             )
         out: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in data.models}
