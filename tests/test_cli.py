@@ -325,3 +325,30 @@ def test_readme_plugin_method_runs_from_yaml(tmp_path, monkeypatch) -> None:
     finally:
         METHOD_REGISTRY.unregister("label_flip")
         sys.modules.pop("mymethods_readme", None)
+
+
+def test_audit_reaudits_a_finished_run_from_its_checkpoints(run_folder: Path, capsys) -> None:
+    report_path = run_folder / "report.json"
+    before = json.loads(report_path.read_text())
+    broken = json.loads(report_path.read_text())
+    for model in broken["models"].values():  # what an older audit left, or a damaged report
+        model["representation"] = {}
+        model["output"] = {}
+    report_path.write_text(json.dumps(broken))
+    capsys.readouterr()
+    assert main(["audit", str(run_folder), "--quiet"]) == 0
+    assert "| original |" not in capsys.readouterr().err
+    after = json.loads(report_path.read_text())
+    # No training: runtimes and traffic are kept; the audit comes back the same from the checkpoints.
+    for name, model in before["models"].items():
+        assert after["models"][name]["runtime_s"] == model["runtime_s"]
+        assert after["models"][name]["communication"] == model["communication"]
+        assert _strip_runtimes(after["models"][name]["output"]) == _strip_runtimes(model["output"])
+        assert _strip_runtimes(after["models"][name]["representation"]) == _strip_runtimes(model["representation"])
+    assert (run_folder / "report.md").read_text().startswith("# tiny")
+    assert not list(run_folder.glob("*.tmp*"))
+
+
+def test_audit_of_a_folder_that_is_not_a_run(tmp_path: Path, capsys) -> None:
+    assert main(["audit", str(tmp_path)]) == EXIT_INPUT_ERROR
+    assert "is not a run folder (no config.yaml)" in _one_error_line(capsys.readouterr().err)

@@ -91,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     fc.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     sub.add_parser("methods", help="list registered unlearning methods and their parameters")
+
+    audit = sub.add_parser("audit", help="audit a finished run again from its checkpoints (no training)")
+    audit.add_argument("run_dir", type=Path)
+    audit.add_argument("--quiet", "-q", action="store_true", help="no log lines; only the results")
     return p
 
 
@@ -208,6 +212,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             prepare(cfg)  # the same checks as a run, before anything is submitted
             out = str(args.out.expanduser().resolve())
             print(tomli_w.dumps(run_config_for(shipped_config(cfg), out, overwrite=args.overwrite)), end="")
+            return 0
+        if args.command == "audit":
+            from vfl_sim.experiment import prepare
+
+            console = _setup_logging(args.quiet)
+            saved = args.run_dir / "config.yaml"
+            if not saved.is_file():
+                raise ConfigError(f"{args.run_dir} is not a run folder (no config.yaml)")
+            report = prepare(load_config(saved, [])).reaudit(args.run_dir)  # parties built here
+            print_results(report, Console(width=max(Console().width, 112)))
+            if not args.quiet:
+                console.print(f"audited again in {report['audit']['runtime_s']:.2f}s: {args.run_dir}/report.json")
             return 0
         if args.command == "methods":
             from server.methods import available_methods, get_method

@@ -236,6 +236,41 @@ class Experiment:
         (work / "report.md").write_text(write_markdown(report))
         return report
 
+    def reaudit(self, run_dir: str | Path) -> dict[str, Any]:
+        """Audit a finished run again from its checkpoints, without training anything.
+
+        The parties are built here and load their bottom models from the run's checkpoints,
+        the server its top models; the embeddings are gathered and every auditor runs again.
+        ``report.json``, ``report.md`` and ``audit_embeddings.npz`` are replaced (each written
+        to a temporary file first); runtimes and traffic of training and unlearning stay as
+        they were. Returns the new report.
+        """
+        folder = Path(run_dir)
+        report_path = folder / "report.json"
+        if not report_path.is_file():
+            raise ConfigError(f"{folder} is not a finished run folder (no report.json)")
+        self._check_same_config(folder)
+        old: dict[str, Any] = json.loads(report_path.read_text())
+        names = list(old["models"])
+        server = self.build_server()
+        missing = [n for n in names if not self.restore_checkpoint(server, n, folder / CHECKPOINTS)]
+        if missing:
+            raise ConfigError(f"{folder}: no complete checkpoint of {', '.join(missing)} under {CHECKPOINTS}/")
+        start = time.perf_counter()
+        data = self.gather(server, names)
+        results = self.audit(data)
+        audit_s = time.perf_counter() - start
+        runs = {n: {k: old["models"][n][k] for k in ("runtime_s", "communication")} for n in names}
+        report = self.report(runs, results, audit_s, data)
+        if "ledger" in old:
+            report["ledger"] = old["ledger"]
+        _write_atomic(folder / "report.json", json.dumps(report, indent=2).encode())
+        _write_atomic(folder / "report.md", write_markdown(report).encode())
+        tmp = folder / "audit_embeddings.tmp.npz"
+        np.savez_compressed(tmp, **_embedding_arrays(data))  # type: ignore[arg-type]
+        os.replace(tmp, folder / "audit_embeddings.npz")
+        return report
+
     def train_original(self, server: Server, progress: ProgressReporter) -> dict[str, Any]:
         """Train the original model; returns its runtime and communication."""
         cfg = self.cfg
@@ -398,6 +433,12 @@ def _embedding_arrays(data: AuditData) -> dict[str, np.ndarray]:
         for pid, e in m.parties.items():
             arrays[f"{name}/{pid}"] = e
     return arrays
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def partial_dir(out: Path) -> Path:
