@@ -28,10 +28,14 @@ class ModelEmbeddings:
         ``{party_id: (n, d_k)}`` embeddings, in party order.
     logits
         ``(n, C)`` top-model outputs.
+    layers
+        ``{party_id: {layer: (n, d)}}`` pooled activations of the named layers of each
+        party's bottom model before its embedding (empty when not gathered).
     """
 
     parties: dict[str, np.ndarray]
     logits: np.ndarray
+    layers: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def fused(self) -> np.ndarray:

@@ -26,6 +26,8 @@ For every model, on the fused embedding and on each party's own embedding:
   arXiv 2606.25001): residual of the best linear map onto retrain's embedding, on forgotten
   and on held-out retained samples, and the share of it in retrain's top principal directions
   (:mod:`audits.consistency`).
+- ``layers``: LPR and its gap to ``retrain`` at every named layer of every party's bottom
+  model before the embedding (pooled activations, gathered with the embeddings), on split 0.
 - ``class_recovery`` (class requests, fused embedding): a multi-class probe trained on the
   training embeddings of every class, its accuracy on the forgotten classes' test samples next
   to the model's own output accuracy and a nearest-class-mean rule ("An Illusion of
@@ -44,7 +46,7 @@ import numpy as np
 from audits.base import AuditData, Auditor, register_auditor
 from audits.cka import linear_cka
 from audits.consistency import retrain_consistency
-from audits.probe import ProbeCI, forgotten_class_recovery, paired_gap, probe_many_ci
+from audits.probe import ProbeCI, forgotten_class_recovery, paired_gap, probe_many, probe_many_ci
 from audits.separability import fisher_ratio, forget_silhouette, knn_purity
 
 ORIGINAL, RETRAIN = "original", "retrain"
@@ -105,6 +107,7 @@ class RepresentationAuditor(Auditor):
         )
         probes = {n: {k: next(results) for k in keys} for n in names}
         recovery = self._class_recovery(data) if data.kind == "class" else {}
+        layers = self._layers(data, rows, is_forget)
 
         out: dict[str, dict[str, Any]] = {}
         for n in names:
@@ -112,6 +115,28 @@ class RepresentationAuditor(Auditor):
             out[n] = {"fused": per_view["fused"], "parties": {k: per_view[k] for k in keys if k != "fused"}}
             if n in recovery:
                 out[n]["class_recovery"] = recovery[n]
+            if n in layers:
+                out[n]["layers"] = layers[n]
+        return out
+
+    def _layers(self, data: AuditData, rows: np.ndarray, is_forget: np.ndarray) -> dict[str, Any]:
+        """LPR at every named layer of every party's bottom model, and its gap to retrain at
+        the same layer; one split (split 0 of the intervals) for all of them."""
+        keys = [(pid, layer) for pid, d in next(iter(data.models.values())).layers.items() for layer in d]
+        if not keys:
+            return {}
+        names = [n for n, m in data.models.items() if all(layer in m.layers.get(pid, {}) for pid, layer in keys)]
+        flat = [data.models[n].layers[pid][layer][rows] for n in names for pid, layer in keys]
+        results = iter(probe_many(flat, is_forget, eval_fraction=self.eval_fraction, C=self.C, seed=self.seed))
+        lpr = {n: {key: next(results).balanced_accuracy for key in keys} for n in names}
+        out: dict[str, Any] = {}
+        for n in names:
+            per_party: dict[str, dict[str, Any]] = {}
+            for pid, layer in keys:
+                value = lpr[n][(pid, layer)]
+                gap = value - lpr[RETRAIN][(pid, layer)] if RETRAIN in lpr else None
+                per_party.setdefault(pid, {})[layer] = {"lpr": value, "lpr_gap": gap}
+            out[n] = per_party
         return out
 
     def _view(

@@ -28,7 +28,12 @@ def _data() -> AuditData:
     retrain_logits = np.eye(CLASSES)[np.where(forget, 1, labels)] * 5.0
 
     def model(emb: np.ndarray, lg: np.ndarray) -> ModelEmbeddings:
-        return ModelEmbeddings(parties={"party_0": emb[:, :6], "party_1": emb[:, 6:]}, logits=lg)
+        # One earlier layer per party: a random projection of what the party embeds.
+        layers = {
+            pid: {"h1": np.tanh(part @ rng.normal(size=(6, 8)))}
+            for pid, part in (("party_0", emb[:, :6]), ("party_1", emb[:, 6:]))
+        }
+        return ModelEmbeddings(parties={"party_0": emb[:, :6], "party_1": emb[:, 6:]}, logits=lg, layers=layers)
 
     return AuditData(
         kind="class",
@@ -80,3 +85,12 @@ def test_the_representation_still_holds_what_the_output_hides(audited) -> None:
     assert ret["fused"]["consistency"]["forget_residual"] < 1e-6
     assert set(sup["parties"]) == {"party_0", "party_1"}
     assert sup["parties"]["party_0"]["lpr_interval"][0] <= sup["parties"]["party_0"]["lpr"] <= 1.0
+
+
+def test_layer_wise_recovery_per_party(audited) -> None:
+    _, rep = audited
+    sup, ret = rep["suppressed"]["layers"], rep["retrain"]["layers"]
+    assert set(sup) == {"party_0", "party_1"} and set(sup["party_0"]) == {"h1"}
+    for pid in sup:
+        assert ret[pid]["h1"]["lpr_gap"] == 0.0
+        assert sup[pid]["h1"]["lpr"] > 0.8 and sup[pid]["h1"]["lpr_gap"] > 0.1  # the earlier layer still holds it

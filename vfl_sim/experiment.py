@@ -344,10 +344,13 @@ class Experiment:
         views: dict[str, ModelEmbeddings] = {}
         for name in models:
             server.load_state(name)
-            embeddings, _ = server.embed(torch.from_numpy(ids))
+            embeddings, per_layer = server.embed(torch.from_numpy(ids), layers=True)
             logits = server.logits(embeddings).cpu().numpy()
             views[name] = ModelEmbeddings(
-                parties={pid: e.cpu().numpy() for pid, e in zip(server.party_ids, embeddings)}, logits=logits
+                parties={pid: e.cpu().numpy() for pid, e in zip(server.party_ids, embeddings)},
+                logits=logits,
+                # The last named layer is the embedding itself, already probed as the party's view.
+                layers={pid: {k: t.cpu().numpy() for k, t in list(d.items())[:-1]} for pid, d in per_layer.items()},
             )
         return AuditData(
             kind=frame.kind, labels=frame.labels, split=frame.split, forget=frame.forget, models=views, meta=frame.meta
@@ -432,6 +435,9 @@ def _embedding_arrays(data: AuditData) -> dict[str, np.ndarray]:
         arrays[f"{name}/logits"] = m.logits
         for pid, e in m.parties.items():
             arrays[f"{name}/{pid}"] = e
+        for pid, layers in m.layers.items():
+            for layer, a in layers.items():
+                arrays[f"{name}/{pid}/{layer}"] = a
     return arrays
 
 
