@@ -69,3 +69,30 @@ def assert_close(a: Any, b: Any, tol: float = 1e-4, where: str = "") -> None:
         assert a == b, (where, a, b)
     else:
         assert b is not None and abs(a - b) <= tol, (where, a, b)
+
+
+def record_requests(server: Server) -> list[tuple[str, Any]]:
+    """Every request every in-process party receives from now on, as ``(party_id, request)``."""
+    seen: list[tuple[str, Any]] = []
+    for pid, party in server.transport.parties.items():  # type: ignore[attr-defined]
+        original = party.handle
+
+        def spy(request: Any, _orig: Any = original, _pid: str = pid) -> Any:
+            seen.append((_pid, request))
+            return _orig(request)
+
+        party.handle = spy
+    return seen
+
+
+def embedded_ids(seen: list[tuple[str, Any]], party: str | None = None) -> list[torch.Tensor]:
+    """The ids of every embedding asked for in ``seen`` (an ``Embed``, or the one a ``Backward``
+    carries), of one party or of all."""
+    from vfl_sim.protocol import Embed
+
+    out = []
+    for pid, request in seen:
+        embed = request if isinstance(request, Embed) else getattr(request, "then", None)
+        if isinstance(embed, Embed) and party in (None, pid):
+            out.append(embed.ids)
+    return out

@@ -15,39 +15,22 @@ from server.methods import (
 )
 from server.methods.registry import METHODS
 from server.server import Server
-from tests.conftest import trained
+from tests.conftest import embedded_ids, record_requests, trained
 from vfl_sim.errors import ConfigError, RegistryError
 from vfl_sim.experiment import Experiment
-from vfl_sim.protocol import Backward, Embed
 
 
 def _trained(exp: Experiment, epochs: int = 1) -> tuple[Server, UnlearningCoordinator]:
     return trained(exp, epochs)
 
 
-def _record_ids(server) -> list[torch.Tensor]:
-    """Every sample id any party is asked to embed, for training or otherwise."""
-    seen: list[torch.Tensor] = []
-    for party in server.transport.parties.values():
-        original = party.handle
-
-        def spy(request, _orig=original):
-            embed = request.then if isinstance(request, Backward) else request
-            if isinstance(embed, Embed):
-                seen.append(embed.ids.clone())
-            return _orig(request)
-
-        party.handle = spy
-    return seen
-
-
 @pytest.mark.parametrize("fixture", ["digits_experiment", "synthetic_experiment"])
 def test_retrain_never_touches_forget_data(fixture: str, request: pytest.FixtureRequest) -> None:
     exp: Experiment = request.getfixturevalue(fixture)
     server, coordinator = _trained(exp)
-    seen = _record_ids(server)
+    seen = record_requests(server)
     coordinator.run(build_method("retrain", {"epochs": 1}, exp.forget.kind))
-    asked = torch.cat(seen)
+    asked = torch.cat(embedded_ids(seen))
     assert asked.numel() >= exp.forget.retain_ids.numel()
     assert not torch.isin(asked, exp.forget.forget_ids).any()
     assert set(asked.tolist()) == set(exp.forget.retain_ids.tolist())
@@ -55,9 +38,9 @@ def test_retrain_never_touches_forget_data(fixture: str, request: pytest.Fixture
 
 def test_neggrad_trains_on_forget_data_only(digits_experiment: Experiment) -> None:
     server, coordinator = _trained(digits_experiment)
-    seen = _record_ids(server)
+    seen = record_requests(server)
     coordinator.run(build_method("neggrad", {}, "class"))
-    assert set(torch.cat(seen).tolist()) == set(digits_experiment.forget.forget_ids.tolist())
+    assert set(torch.cat(embedded_ids(seen)).tolist()) == set(digits_experiment.forget.forget_ids.tolist())
 
 
 @pytest.mark.parametrize("name", ["retrain", "finetune", "neggrad"])

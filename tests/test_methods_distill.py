@@ -11,7 +11,7 @@ from server.methods.cmf import class_mean_weights
 from server.methods.mixup import pair_mix
 from server.methods.scrub import Scrub, distill_kl
 from server.server import Server, count_batches
-from tests.conftest import trained
+from tests.conftest import record_requests, trained
 from vfl_sim.experiment import Experiment
 from vfl_sim.models.top import fuse
 from vfl_sim.protocol import Backward, Embed, LocalOp
@@ -19,20 +19,6 @@ from vfl_sim.protocol import Backward, Embed, LocalOp
 
 def _trained(exp: Experiment, epochs: int = 2) -> tuple[Server, UnlearningCoordinator]:
     return trained(exp, epochs)
-
-
-def _record(server) -> list[tuple[str, object]]:
-    """Every request every party receives, in order."""
-    seen: list[tuple[str, object]] = []
-    for pid, party in server.transport.parties.items():
-        original = party.handle
-
-        def spy(request, _orig=original, _pid=pid):
-            seen.append((_pid, request))
-            return _orig(request)
-
-        party.handle = spy
-    return seen
 
 
 def _embedded_ids(seen) -> torch.Tensor:
@@ -63,7 +49,7 @@ def test_scrub_max_steps_on_forget_then_min_steps_on_retain(digits_experiment: E
     """msteps epochs start with a pass over the forget set; every epoch has a retain pass."""
     exp = digits_experiment
     server, coordinator = _trained(exp)
-    seen = _record(server)
+    seen = record_requests(server)
     coordinator.run(
         build_method("scrub", {"epochs": 3, "msteps": 2, "batch_size": 64, "forget_batch_size": 64}, "class")
     )
@@ -129,7 +115,7 @@ def test_unsir_noise_raises_the_forget_class_loss_and_lives_only_at_parties(digi
     labels = torch.full((16,), exp.forget.classes[0])
     server.party_call("unsir_noise_init", {"rows": 16, "seed": ctx.seed})
     before = _noise_loss(server, exp.forget.classes[0])
-    seen = _record(server)
+    seen = record_requests(server)
     method.learn_noise(server, labels, ctx)  # type: ignore[attr-defined]
     after = _noise_loss(server, exp.forget.classes[0])
     assert after > before + 0.5
@@ -147,7 +133,7 @@ def test_unsir_noise_raises_the_forget_class_loss_and_lives_only_at_parties(digi
 def test_unsir_impair_trains_on_noise_and_retain_only(digits_experiment: Experiment) -> None:
     exp = digits_experiment
     server, coordinator = _trained(exp, epochs=5)
-    seen = _record(server)
+    seen = record_requests(server)
     coordinator.run(build_method("unsir", {"noise_samples": 16, "noise_copies": 4, "retain_per_class": 20}, "class"))
     asked = []
     for _, request in seen:
@@ -188,7 +174,7 @@ def test_cmf_classifier_weights_are_normalized_class_means(digits_experiment: Ex
 def test_cmf_wraps_another_method_and_recomputes_means_every_epoch(digits_experiment: Experiment) -> None:
     exp = digits_experiment
     server, coordinator = _trained(exp)
-    seen = _record(server)
+    seen = record_requests(server)
     coordinator.run(build_method("cmf", {"base": "neggrad", "base_params": {"epochs": 2}}, "class"))
     train = set(torch.cat([exp.forget.forget_ids, exp.forget.retain_ids]).tolist())
     forget = set(exp.forget.forget_ids.tolist())
@@ -214,7 +200,7 @@ def test_pair_mix_covers_every_pair_with_every_lambda() -> None:
 def test_few_shot_mixup_uses_only_the_few_shots(digits_experiment: Experiment) -> None:
     exp = digits_experiment
     server, coordinator = _trained(exp)
-    seen = _record(server)
+    seen = record_requests(server)
     coordinator.run(build_method("few_shot_mixup", {"forget_samples": 10, "retain_per_class": 2, "epochs": 2}, "class"))
     ids = _embedded_ids(seen)
     used = set(ids.tolist())

@@ -13,7 +13,7 @@ from server.methods import build_method
 from server.methods.importance import accumulate_statistics
 from server.methods.saliency import SalUn, global_threshold
 from server.server import Server
-from tests.conftest import trained
+from tests.conftest import record_requests, trained
 from vfl_sim.experiment import Experiment
 from vfl_sim.models.importance import fisher_variance, l1_gamma, ssd_dampen_
 from vfl_sim.models.top import fuse
@@ -344,18 +344,10 @@ def test_l1_sparse_shrinks_weights(digits_experiment: Experiment) -> None:
 @pytest.mark.parametrize("name", ["fisher", "ssd", "salun", "l1_sparse"])
 def test_parties_get_ids_gradients_and_small_arguments_only(digits_experiment: Experiment, name: str) -> None:
     server, coordinator = _trained(digits_experiment, epochs=1)
-    seen: list[LocalOp] = []
-    for party in _parties(server).values():
-        original = party.handle
-
-        def spy(request, _orig=original):
-            if isinstance(request, LocalOp):
-                seen.append(request)
-            return _orig(request)
-
-        party.handle = spy
+    requests = record_requests(server)
     params = {"epochs": 1} if name in ("salun", "l1_sparse") else {}
     coordinator.run(build_method(name, params, "class"))
+    seen = [r for _, r in requests if isinstance(r, LocalOp)]
     for op in seen:
         assert set(op.tensors) <= {"ids", "grad"}, op.name
         for v in op.args.values():

@@ -13,7 +13,7 @@ from server.methods import relabel as relabel_module
 from server.methods.boundary import adversarial_labels
 from server.methods.relabel import neggrad_plus_loss, random_wrong_labels
 from server.server import Server
-from tests.conftest import trained
+from tests.conftest import record_requests, trained
 from vfl_sim.errors import ConfigError
 from vfl_sim.experiment import Experiment
 from vfl_sim.models.top import fuse
@@ -24,20 +24,6 @@ METHODS = ["neggrad_plus", "random_label", "boundary_shrink", "boundary_expand"]
 
 def _trained(exp: Experiment, epochs: int = 8) -> tuple[Server, UnlearningCoordinator]:
     return trained(exp, epochs)
-
-
-def _spy(server: Server) -> list[tuple[str, object]]:
-    """Every request any party receives, as (party id, request)."""
-    seen: list[tuple[str, object]] = []
-    for pid, party in server.transport.parties.items():
-        original = party.handle
-
-        def spy(request, _orig=original, _pid=pid):
-            seen.append((_pid, request))
-            return _orig(request)
-
-        party.handle = spy
-    return seen
 
 
 def _training_batches(seen: list[tuple[str, object]], party: str) -> list[torch.Tensor]:
@@ -75,7 +61,7 @@ def test_neggrad_plus_loss_is_the_papers_formula() -> None:
 def test_neggrad_plus_steps_on_joint_retain_and_forget_batches(digits_experiment: Experiment) -> None:
     exp = digits_experiment
     server, coordinator = _trained(exp)
-    seen = _spy(server)
+    seen = record_requests(server)
     losses: list[float] = []
     method = build_method("neggrad_plus", {"epochs": 1}, "class")
     ctx = coordinator.context(method, on_step=losses.append)
@@ -155,7 +141,7 @@ def test_random_label_relabels_forget_samples_mixed_with_retained(
         return out
 
     monkeypatch.setattr(relabel_module, "random_wrong_labels", record)
-    seen = _spy(server)
+    seen = record_requests(server)
     coordinator.run(build_method("random_label", {"epochs": 1}, "class"))
 
     forget = exp.forget.forget_ids
@@ -214,7 +200,7 @@ def test_shrink_labels_are_the_monolithic_adversarial_predictions(
 def test_shrink_parties_see_only_their_own_gradient_and_ids(digits_experiment: Experiment) -> None:
     exp = digits_experiment
     server, coordinator = _trained(exp)
-    seen = _spy(server)
+    seen = record_requests(server)
     coordinator.run(build_method("boundary_shrink", {"epochs": 1}, "class"))
     ops = [(pid, r) for pid, r in seen if isinstance(r, LocalOp) and r.name == "boundary_fgsm"]
     assert len(ops) == len(server.party_ids) * len(torch.split(exp.forget.forget_ids, 64))
