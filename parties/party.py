@@ -213,35 +213,42 @@ class Party:
             raise ValueError(f"{self.party_id}: local_steps must be >= 1, got {local_steps}")
         if local_steps > 1 and not step:
             raise ValueError(f"{self.party_id}: local_steps > 1 needs step=True")
-        if self._replay is not None:
-            ids = self._replay.ids
-            out = self._replay_forward(self._replay)
-            self._replay = None
-        elif self._pending is not None:
-            (ids, out), self._pending = self._pending, None
-        else:
-            raise RuntimeError(f"{self.party_id}: Backward without a preceding training Embed")
+        ids, out = self.take_forward("Backward")
         g = grad.to(self.device)
         out.backward(g)
         self._run_grad_hook(step)
         if step:
-            self._step()
+            self.step()
         for _ in range(local_steps - 1):
             self._set_mode(True)
             with self._own_randomness():
                 out = self.bottom(self.features.index_select(0, ids.to(self.device)))
             out.backward(g)
             self._run_grad_hook(True)
-            self._step()
+            self.step()
 
     def _run_grad_hook(self, stepping: bool) -> None:
         hook = self.phase.get("grad_hook") if self.phase else None
         if hook is not None:
             _GRAD_HOOKS[hook](self, stepping, **(self.phase.get("hook_args") or {}))  # type: ignore[union-attr]
 
-    def _step(self) -> None:
+    def take_forward(self, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ids and output (with its autograd graph) of the last training ``Embed``, which a
+        backward pass consumes: the kept graph, or the replayed forward pass under
+        ``replay_backward``. ``what`` names the caller in the error when there is none."""
+        if self._replay is not None:
+            replay, self._replay = self._replay, None
+            return replay.ids, self._replay_forward(replay)
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            return pending
+        raise RuntimeError(f"{self.party_id}: {what} without a preceding training Embed")
+
+    def step(self, what: str = "Backward with step") -> None:
+        """One step of the phase's optimizer (and schedule) with the gradients in ``.grad``,
+        which it then clears; ``what`` names the caller in the error before ``configure``."""
         if self.optimizer is None:
-            raise RuntimeError(f"{self.party_id}: Backward with step before 'configure'")
+            raise RuntimeError(f"{self.party_id}: {what} before 'configure'")
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()

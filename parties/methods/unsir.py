@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 from parties.party import Party, party_op
-from vfl_sim.optim import clear_grads
 from vfl_sim.seeding import derive_seed
 
 _NOISE = "unsir/noise"
@@ -105,12 +104,7 @@ def unsir_train_step(
         out = party.bottom(_inputs(party, ids))
         torch.set_rng_state(outer)
         out.backward(grad.to(party.device))
-        if party.optimizer is None:
-            raise RuntimeError(f"{party.party_id}: unsir_train_step before 'configure'")
-        party.optimizer.step()
-        if party.scheduler is not None:
-            party.scheduler.step()
-        clear_grads(party.optimizer)
+        party.step("unsir_train_step")
     if next_ids is None:
         return {}
     party.buffers["unsir/replay_ids"] = next_ids.clone()

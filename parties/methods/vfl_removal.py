@@ -30,7 +30,6 @@ from typing import Any
 import torch
 
 from parties.party import Party, party_op
-from vfl_sim.optim import clear_grads
 from vfl_sim.protocol import Embed
 
 
@@ -72,18 +71,6 @@ def _removed_columns_embedding(party: Party, ids: torch.Tensor, columns: Sequenc
     x = party.features.index_select(0, ids.to(party.device))
     with _only_columns(party, columns), torch.enable_grad():
         return party.bottom(x)
-
-
-def _pending_output(party: Party) -> torch.Tensor:
-    """The output (with its graph) of the party's last training ``Embed``, as ``Party.backward``
-    takes it: the kept graph, or the replayed forward pass under ``replay_backward``."""
-    if party._replay is not None:
-        replay, party._replay = party._replay, None
-        return party._replay_forward(replay)
-    if party._pending is not None:
-        (_, out), party._pending = party._pending, None
-        return out
-    raise RuntimeError(f"{party.party_id}: 'remisvfu_step' without a preceding training Embed")
 
 
 def _embed_reply(party: Party, ids: torch.Tensor, columns: Sequence[int]) -> dict[str, Any]:
@@ -129,7 +116,7 @@ def remisvfu_step(
         raise RuntimeError(f"{party.party_id}: 'remisvfu_step' before 'configure'")
     cols = list(columns or [])
     params = [p for p in party.bottom.parameters() if p.requires_grad]
-    out = _pending_output(party)
+    _, out = party.take_forward("'remisvfu_step'")
     g_r_all = torch.autograd.grad(
         out, params, grad_outputs=grad_retain.to(out.device, out.dtype), retain_graph=not cols, allow_unused=True
     )
@@ -152,10 +139,7 @@ def remisvfu_step(
         projected += int(was)
         min_dot = min(min_dot, float(torch.dot(g_f.flatten(), g_r.flatten())))
         p.grad = g_f + alpha * g_r
-    party.optimizer.step()
-    if party.scheduler is not None:
-        party.scheduler.step()
-    clear_grads(party.optimizer)
+    party.step()
     reply: dict[str, Any] = {"projected": projected, "tensors": len(params)}
     reply["min_dot"] = min_dot if min_dot != float("inf") else None
     if next_ids is not None:
