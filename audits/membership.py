@@ -117,6 +117,18 @@ class MembershipResult:
         }
 
 
+def _check_signal(signal: str) -> None:
+    if signal not in _SIGNALS:
+        raise ValueError(f"signal must be one of {_SIGNALS}, got {signal!r}")
+
+
+def _check_bootstrap(n_bootstrap: int, confidence: float) -> None:
+    if int(n_bootstrap) < 1:
+        raise ValueError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+
+
 def _check_labels(labels: Any, logits: np.ndarray) -> np.ndarray:
     y = to_numpy(labels)
     if y.ndim != 1:
@@ -149,8 +161,7 @@ def membership_scores(logits: Any, labels: Any, signal: Signal = "loss") -> np.n
     -------
     ndarray of shape (n,), float64
     """
-    if signal not in _SIGNALS:
-        raise ValueError(f"signal must be one of {_SIGNALS}, got {signal!r}")
+    _check_signal(signal)
     z = feature_matrix(logits, "logits")
     y = _check_labels(labels, z)
     logp = log_softmax(z, axis=1)
@@ -231,10 +242,7 @@ def _bootstrap_cis(
     vectors: Sequence[np.ndarray], is_member: np.ndarray, *, n_bootstrap: int, confidence: float, seed: int
 ) -> list[tuple[float, float]]:
     """Percentile intervals of several score vectors of the same samples, same resamples."""
-    if int(n_bootstrap) < 1:
-        raise ValueError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    _check_bootstrap(n_bootstrap, confidence)
     groups = [_split_groups(np.asarray(s, dtype=np.float64), is_member) for s in vectors]
     n_m, n_u = groups[0][0].size, groups[0][1].size
     rng = np.random.default_rng(seed)
@@ -418,12 +426,8 @@ class MembershipInference:
         confidence: float = 0.95,
         seed: int = 0,
     ) -> None:
-        if signal not in _SIGNALS:
-            raise ValueError(f"signal must be one of {_SIGNALS}, got {signal!r}")
-        if int(n_bootstrap) < 1:
-            raise ValueError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
-        if not 0.0 < confidence < 1.0:
-            raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+        _check_signal(signal)  # fail at construction, not at the first compute
+        _check_bootstrap(n_bootstrap, confidence)
         self.signal: Signal = signal
         self.member = member
         self.nonmember = nonmember
