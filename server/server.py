@@ -106,8 +106,7 @@ class Server:
 
     def party_op(self, op: str, /, **args: Any) -> dict[str, dict[str, Any]]:
         """Run a registered party-side operation on every party; returns each party's info."""
-        replies = self.transport.broadcast(LocalOp(op, args))
-        return {pid: getattr(r, "info", {}) for pid, r in replies.items()}
+        return {pid: ack.info for pid, ack in self.party_call(op, args).items()}
 
     def party_call(
         self,
