@@ -342,9 +342,10 @@ class Experiment:
         frame = self.audit_frame()
         ids = frame.meta["ids"]
         views: dict[str, ModelEmbeddings] = {}
+        layers = not self.forget.removes_data_of_a_party  # only the representation audit probes layers
         for name in models:
             server.load_state(name)
-            embeddings, per_layer = server.embed(torch.from_numpy(ids), layers=True)
+            embeddings, per_layer = server.embed(torch.from_numpy(ids), layers=layers)
             logits = server.logits(embeddings).cpu().numpy()
             views[name] = ModelEmbeddings(
                 parties={pid: e.cpu().numpy() for pid, e in zip(server.party_ids, embeddings)},
