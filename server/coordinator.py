@@ -190,7 +190,7 @@ class UnlearningCoordinator:
         self.top_seed = top_seed
 
     def context(self, method: UnlearningMethod, on_step: Any = None) -> UnlearningContext:
-        method_seed = derive_seed(self.seed, "method", method.name)
+        method_seed = derive_seed(self.seed, "method", method.label)
         return UnlearningContext(
             server=self.server,
             forget=self.forget,
@@ -204,7 +204,7 @@ class UnlearningCoordinator:
 
     def run(self, method: UnlearningMethod, ctx: UnlearningContext | None = None) -> MethodRun:
         """Load the original, run ``method``, snapshot the result under the method's name."""
-        if method.name == ORIGINAL:
+        if method.label == ORIGINAL:
             raise ValueError("'original' is reserved for the trained model")
         ctx = ctx or self.context(method)
         self.server.load_state(ORIGINAL)
@@ -219,9 +219,9 @@ class UnlearningCoordinator:
         method.unlearn(ctx)
         runtime = time.perf_counter() - start
         comm = self.server.transport.stats.since(before)
-        self.check_removal(method.name)
-        self.server.save_state(method.name)
-        return MethodRun(method.name, runtime, comm)
+        self.check_removal(method.label)
+        self.server.save_state(method.label)
+        return MethodRun(method.label, runtime, comm)
 
     def apply_removal(self) -> None:
         """Cut the request's party (or its columns) out of the current model."""

@@ -354,9 +354,13 @@ class Server:
     def reset(self, top_seed: int) -> None:
         """Fresh initialization everywhere: the top from ``top_seed``, each bottom from its
         party's own initialization seed (the same initialization the original started from)."""
+        self.reset_top(top_seed)
+        self.party_op("reset")
+
+    def reset_top(self, top_seed: int) -> None:
+        """Fresh initialization of the top model alone (the bottoms keep their weights)."""
         reset_parameters(self.top, top_seed)
         self.optimizer = self.scheduler = None
-        self.party_op("reset")
 
     def digests(self, name: str | None = None) -> dict[str, str]:
         """SHA-256 of the top model (key ``top``) and of every bottom, current or saved as ``name``."""

@@ -190,7 +190,7 @@ def test_unknown_doubly_nested_key_via_override() -> None:
 def test_unknown_key_in_method_entry_lists_allowed_keys() -> None:
     msg = _error({"methods": [{"name": "retrain", "parmas": {}}]})
     assert "'parmas'" in msg
-    assert msg.endswith("allowed: name, params")
+    assert msg.endswith("allowed: label, name, params")
 
 
 def test_bad_dataset_name_lists_allowed() -> None:
@@ -264,7 +264,14 @@ def test_forget_fraction_out_of_range() -> None:
 
 def test_duplicate_methods() -> None:
     msg = _error(overrides=("methods=[retrain,neggrad,retrain]",))
-    assert msg == "methods lists retrain more than once"
+    assert msg == "methods lists retrain more than once; give each a distinct label"
+
+
+def test_one_method_twice_under_labels() -> None:
+    head = {"name": "finetune", "label": "head", "params": {"freeze_bottoms": True}}
+    cfg = config_from_dict({"methods": ["finetune", head]})
+    assert [m.model_name for m in cfg.methods] == ["finetune", "head"]
+    assert "head more than once" in _error({"methods": [head, {**head, "params": {}}]})
 
 
 def test_original_is_not_a_method() -> None:

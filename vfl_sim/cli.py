@@ -112,7 +112,7 @@ def _default_out(name: str) -> Path:
 
 
 def print_results(report: dict[str, Any], console: Console) -> None:
-    from vfl_sim.report import request_target, results_rows
+    from vfl_sim.report import certificate_rows, request_target, results_rows
 
     header, rows = results_rows(report)
     f = report["forget_request"]
@@ -125,6 +125,14 @@ def print_results(report: dict[str, Any], console: Console) -> None:
     for r in rows:
         table.add_row(*r)
     console.print(table)
+    header, rows = certificate_rows(report)
+    if rows:
+        verdicts = Table(title="certificate (report.md has the evidence)")
+        for i, h in enumerate(header):
+            verdicts.add_column(h, justify="left" if i in (0, 4) else "center")
+        for r in rows:
+            verdicts.add_row(*r)
+        console.print(verdicts)
 
 
 def _run(cfg: Any, out: Path | None, overwrite: bool, quiet: bool, resume: bool = False) -> int:
@@ -193,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f = exp.forget
             print(
                 f"ok: {exp.dataset.name}, {len(exp.slices)} parties, forget {f.kind}: {request_target(f.describe())} "
-                f"(request {f.request_id}), methods: {', '.join(m.name for m in exp.methods)}"
+                f"(request {f.request_id}), methods: {', '.join(m.label for m in exp.methods)}"
             )
             return 0
         if args.command == "bench":

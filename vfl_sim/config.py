@@ -196,10 +196,37 @@ ALL_METHODS = "all"
 
 
 class MethodSpec(_Section):
-    """One unlearning method to run: a registered name and its hyperparameters."""
+    """One unlearning method to run: a registered name, its hyperparameters, and the name of
+    its model in the report (``label``, by default ``name``; set it to run a method twice)."""
 
     name: str
     params: dict[str, Any] = {}
+    label: str | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.label or self.name
+
+
+class CertificateThresholds(_Section):
+    """Tolerances of the forgetting certificate (:mod:`audits.certificate`), as fractions.
+
+    Each is how far a model may be from the retrained reference and still pass that check:
+    ``utility`` (retained test accuracy below retrain's), ``forget_accuracy`` (forgotten
+    accuracy, either side of retrain's), ``membership_auc`` (membership attack AUC, either side
+    of retrain's), ``lpr_gap`` (mean LPR gap of the fused and of every party's embedding),
+    ``layer_lpr_gap`` (LPR gap at every bottom-model layer: one split, so a wider tolerance),
+    ``class_recovery`` (multi-class probe accuracy on the forgotten classes above retrain's),
+    ``feature_recovery_gap`` (R^2 gap of the removed columns, party and feature requests).
+    """
+
+    utility: Annotated[float, Field(ge=0, le=1)] = 0.03
+    forget_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.05
+    membership_auc: Annotated[float, Field(ge=0, le=1)] = 0.05
+    lpr_gap: Annotated[float, Field(ge=0, le=1)] = 0.05
+    layer_lpr_gap: Annotated[float, Field(ge=0, le=1)] = 0.10
+    class_recovery: Annotated[float, Field(ge=0, le=1)] = 0.10
+    feature_recovery_gap: Annotated[float, Field(ge=0, le=1)] = 0.05
 
 
 class AuditConfig(_Section):
@@ -207,6 +234,7 @@ class AuditConfig(_Section):
     probe_C: Annotated[float, Field(gt=0)] = 1.0
     max_samples: Annotated[int, Field(ge=10)] = 5000
     probe_repeats: Annotated[int, Field(ge=1, le=100)] = 5
+    certificate: CertificateThresholds = CertificateThresholds()
 
 
 class FlowerConfig(_Section):
@@ -267,10 +295,10 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="after")
     def _unique_methods(self) -> ExperimentConfig:
-        names = [m.name for m in self.methods]
+        names = [m.model_name for m in self.methods]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ValueError(f"methods lists {', '.join(dup)} more than once")
+            raise ValueError(f"methods lists {', '.join(dup)} more than once; give each a distinct label")
         if any(n in ("original",) for n in names):
             raise ValueError("'original' is the trained model, not a method; remove it from methods")
         if self.runtime == "flower-sim" and self.flower.superlink is not None:

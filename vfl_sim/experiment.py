@@ -24,6 +24,7 @@ import torch
 
 import server.methods  # noqa: F401  (registers the built-in methods)
 from audits.base import AuditData, Auditor, ModelEmbeddings, get_auditor
+from audits.certificate import certify
 from audits.output import OutputAuditor
 from audits.probe import stratified_split
 from audits.representation import RepresentationAuditor, probe_samples
@@ -174,7 +175,7 @@ class Experiment:
         """``resume`` on a completed run: a no-op if its ledger has this request and methods."""
         self._check_same_config(out)
         entry = RequestLedger(out / LEDGER_FILE).get(self.forget.request_id)
-        names = [m.name for m in self.methods]
+        names = [m.label for m in self.methods]
         if entry is None or entry.status != COMPLETED or any(n not in entry.done for n in names):
             raise ConfigError(
                 f"{out} is a completed run without forget request '{self.forget.request_id}' and methods "
@@ -204,22 +205,22 @@ class Experiment:
 
         ledger = RequestLedger(work / LEDGER_FILE)
         rid = self.forget.request_id
-        entry = ledger.open(rid, self.forget.describe(), [m.name for m in self.methods])
+        entry = ledger.open(rid, self.forget.describe(), [m.label for m in self.methods])
         coordinator = UnlearningCoordinator(server, self.forget, cfg.train, seed=cfg.seed, top_seed=self.top_seed)
         for method in self.methods:
-            if method.name in entry.done and self.restore_checkpoint(server, method.name, checkpoints):
-                log.info("%s: already applied to request %s; loaded its checkpoint", method.name, rid)
-                runs[method.name] = entry.done[method.name]
+            if method.label in entry.done and self.restore_checkpoint(server, method.label, checkpoints):
+                log.info("%s: already applied to request %s; loaded its checkpoint", method.label, rid)
+                runs[method.label] = entry.done[method.label]
                 continue
-            ledger.method_started(rid, method.name)
+            ledger.method_started(rid, method.label)
             ctx = coordinator.context(method)
-            with progress.phase(method.name, method.estimated_steps(ctx)) as on_step:
+            with progress.phase(method.label, method.estimated_steps(ctx)) as on_step:
                 ctx.on_step = on_step
                 result = coordinator.run(method, ctx)
-            log.info("%s done in %.2fs", method.name, result.runtime_s)
-            runs[method.name] = result.to_dict()
-            self.save_checkpoint(server, method.name, checkpoints, runs[method.name])
-            ledger.method_done(rid, method.name, runs[method.name])
+            log.info("%s done in %.2fs", method.label, result.runtime_s)
+            runs[method.label] = result.to_dict()
+            self.save_checkpoint(server, method.label, checkpoints, runs[method.label])
+            ledger.method_done(rid, method.label, runs[method.label])
         ledger.completed(rid)
         if server.digests(ORIGINAL) != original_digest:  # a method wrote to the original snapshot
             raise RuntimeError("the original model changed while running methods")
@@ -374,6 +375,8 @@ class Experiment:
         for auditor in auditors:
             for model, result in auditor.audit(data).items():
                 out[model][auditor.section] = result
+        for model, cert in certify(out, self.forget.kind, a.certificate).items():
+            out[model]["certificate"] = cert.to_dict()
         return out
 
     def save_checkpoint(self, server: Server, name: str, folder: Path, run: dict[str, Any]) -> None:
@@ -420,6 +423,7 @@ class Experiment:
             "audit": {
                 "runtime_s": audit_s,
                 "samples": {g: int(data.mask(g).sum()) for g in ("test", "forget_train", "retain_train")},
+                "certificate_thresholds": self.cfg.audit.certificate.model_dump(),
             },
             "models": models,
         }
@@ -466,7 +470,7 @@ def expand_methods(specs: list[MethodSpec], kind: str) -> list[MethodSpec]:
         return specs
     if sum(m.name == ALL_METHODS for m in specs) > 1 or any(m.params for m in specs if m.name == ALL_METHODS):
         raise ConfigError("methods: 'all' stands alone, once and without params")
-    listed = {m.name for m in specs}
+    listed = {m.model_name for m in specs}
     supporting = [n for n in available_methods() if kind in get_method(n).supports and n not in listed]
     supporting.sort(key=lambda n: (n != "retrain", n))
     out: list[MethodSpec] = []
@@ -494,7 +498,7 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
         slices=slices,
         column_names=dataset.column_names,
     )
-    methods = [build_method(m.name, m.params, forget.kind) for m in expand_methods(cfg.methods, forget.kind)]
+    methods = [build_method(m.name, m.params, forget.kind, m.label) for m in expand_methods(cfg.methods, forget.kind)]
     for auditor in AUDITORS:
         get_auditor(auditor)
     exp = Experiment(cfg, dataset, slices, forget, methods, device)

@@ -77,6 +77,51 @@ def party_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+VERDICT_MARK = {"pass": "pass", "fail": "FAIL", "n/a": "n/a"}
+
+
+def certificate_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One row per model: the three verdicts of its certificate and its trilemma region."""
+    header = ["model", "utility", "output forgetting", "representation forgetting", "trilemma", "removal claimed"]
+    rows = []
+    for name, m in report["models"].items():
+        c = m.get("certificate")
+        if c is None:
+            continue
+        rows.append(
+            [
+                name,
+                VERDICT_MARK[c["utility"]["status"]],
+                VERDICT_MARK[c["output_forgetting"]["status"]],
+                VERDICT_MARK[c["representation_forgetting"]["status"]],
+                c["trilemma"],
+                "yes" if c["removal"] else "no",
+            ]
+        )
+    return header, rows
+
+
+def certificate_evidence(report: dict[str, Any]) -> list[str]:
+    """Markdown lines: per model, its claim, the failed checks with their numbers, and why a
+    verdict is ``n/a``."""
+    lines: list[str] = []
+    parts = (("utility", "utility"), ("output_forgetting", "output"), ("representation_forgetting", "representation"))
+    for name, m in report["models"].items():
+        c = m.get("certificate")
+        if c is None:
+            continue
+        lines.append(f"- **{name}** ({c['trilemma']}): {c['claim']}.")
+        for key, label in parts:
+            v = c[key]
+            failed = [ch["evidence"] for ch in v["checks"] if not ch["passed"]]
+            if v["status"] == "n/a":
+                lines.append(f"  - {label}: n/a, {v['note']}")
+            elif failed:
+                shown = "; ".join(failed[:4]) + (f"; and {len(failed) - 4} more" if len(failed) > 4 else "")
+                lines.append(f"  - {label} fails ({len(failed)} of {len(v['checks'])} checks): {shown}")
+    return lines
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -119,4 +164,23 @@ def write_markdown(report: dict[str, Any]) -> str:
         _table(*party_rows(report)),
         "",
     ]
+    header, rows = certificate_rows(report)
+    if rows:
+        t = report["audit"].get("certificate_thresholds", {})
+        parts += [
+            "## Certificate",
+            "",
+            "Three independent verdicts per model (see `audits.certificate`): utility (retained test accuracy "
+            "close to retrain's), output forgetting (suppression: forgotten accuracy and membership at retrain's "
+            "level) and representation forgetting (removal: LPR gaps fused, per party and per layer, CKA closer "
+            "to retrain than to the original, probe recovery). Passing output forgetting alone is suppression, "
+            "never removal.",
+            "",
+            _table(header, rows),
+            "",
+            *certificate_evidence(report),
+            "",
+            "Tolerances: " + ", ".join(f"{k} {v:g}" for k, v in t.items()) + ".",
+            "",
+        ]
     return "\n".join(parts)

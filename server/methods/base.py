@@ -141,14 +141,18 @@ class UnlearningMethod(ABC):
     Subclass it, set ``Params`` (a :class:`MethodParams` with the paper's defaults) and
     ``supports`` (the forget-request kinds it handles), implement :meth:`unlearn`, and register
     it with :func:`server.methods.register_method`; then list its name under ``methods:``.
+
+    ``label`` names this instance's model (its snapshot, checkpoint and report entry); it
+    defaults to the registered ``name`` and tells two configurations of one method apart.
     """
 
     name: ClassVar[str] = ""
     supports: ClassVar[frozenset[str]] = frozenset({"class", "samples"})
     Params: ClassVar[type[MethodParams]] = MethodParams
 
-    def __init__(self, params: MethodParams | None = None) -> None:
+    def __init__(self, params: MethodParams | None = None, *, label: str | None = None) -> None:
         self.params = params if params is not None else self.Params()
+        self.label = label or self.name
 
     @abstractmethod
     def unlearn(self, ctx: UnlearningContext) -> None:

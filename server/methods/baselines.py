@@ -53,6 +53,10 @@ class Retrain(UnlearningMethod):
 class FinetuneParams(PhaseParams):
     epochs: int = Field(5, ge=1)
     lr: float = Field(0.01, gt=0)
+    freeze_bottoms: bool = Field(False, description="train the top model alone (classifier-only fine-tuning)")
+    reset_top: bool = Field(
+        False, description="re-initialize the top model first (with freeze_bottoms: head retraining)"
+    )
 
 
 @register_method("finetune")
@@ -64,14 +68,23 @@ class Finetune(UnlearningMethod):
     a few epochs of ordinary training on the retain set, starting from the original model.
     For a party or feature request: the original with the party (or columns) cut off, fine-tuned
     on every training sample so the rest of the model adapts to their absence.
+
+    ``freeze_bottoms: true`` trains the top model alone, with no gradient sent to any party:
+    classifier-only fine-tuning; with ``reset_top: true`` the top model is first re-initialized,
+    so the classifier is retrained on the frozen original representations. That drives a
+    forgotten class's accuracy to zero while every party's representation stays the original's
+    (the feature-classifier misalignment of Gao et al., "An Illusion of Unlearning?", arXiv
+    2604.08271): the audits' canonical example of suppression without removal.
     """
 
     Params = FinetuneParams
     supports = frozenset({"class", "samples", "party", "features"})
 
     def unlearn(self, ctx: UnlearningContext) -> None:
-        assert isinstance(self.params, PhaseParams)
-        ctx.phase(self.params, ctx.forget.retain_ids)
+        assert isinstance(self.params, FinetuneParams)
+        if self.params.reset_top:
+            ctx.server.reset_top(ctx.top_seed)
+        ctx.phase(self.params, ctx.forget.retain_ids, update_parties=not self.params.freeze_bottoms)
 
     def estimated_steps(self, ctx: UnlearningContext) -> int:
         assert isinstance(self.params, PhaseParams)

@@ -32,8 +32,9 @@ def get_method(name: str) -> type[UnlearningMethod]:
     return METHODS.get(name)
 
 
-def build_method(name: str, params: dict[str, Any], request_kind: str) -> UnlearningMethod:
-    """Instantiate method ``name`` with validated ``params`` for a request of ``request_kind``."""
+def build_method(name: str, params: dict[str, Any], request_kind: str, label: str | None = None) -> UnlearningMethod:
+    """Instantiate method ``name`` with validated ``params`` for a request of ``request_kind``
+    (its model called ``label``, by default ``name``)."""
     cls = get_method(name)
     if request_kind not in cls.supports:
         raise ConfigError(
@@ -41,7 +42,7 @@ def build_method(name: str, params: dict[str, Any], request_kind: str) -> Unlear
             f"(it supports: {', '.join(sorted(cls.supports))})"
         )
     try:
-        return cls(cls.Params.model_validate(params))
+        return cls(cls.Params.model_validate(params), label=label)
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"])

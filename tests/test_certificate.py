@@ -1,0 +1,228 @@
+"""The certificate: verdicts from hand-made audit results, the trilemma table, and end to end
+on digits (retrain passes its own representation check, the original fails output forgetting,
+retraining only the classifier passes output forgetting and fails representation forgetting)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from audits.certificate import CertificateThresholds, certify, trilemma_region
+from tests.conftest import small_config
+from vfl_sim.experiment import prepare
+from vfl_sim.report import write_markdown
+
+
+def view(gap: float, *, cka_orig: float = 0.9, cka_retrain: float = 0.95) -> dict[str, Any]:
+    return {
+        "lpr": 0.9 + gap,
+        "lpr_gap": gap,
+        "lpr_gap_mean": gap,
+        "lpr_gap_interval": [gap - 0.02, gap + 0.02],
+        "cka_original": cka_orig,
+        "cka_retrain": cka_retrain,
+    }
+
+
+def model(
+    retain: float = 0.97,
+    forget: float = 0.0,
+    gap: float = 0.0,
+    auc: float = 0.5,
+    *,
+    party_gap: float | None = None,
+    layer_gap: float = 0.0,
+    cka_orig: float = 0.9,
+    cka_retrain: float = 0.95,
+    recovery: float = 0.9,
+) -> dict[str, Any]:
+    return {
+        "output": {
+            "retain_test_acc": retain,
+            "forget_test_acc": forget,
+            "retain_train_acc": 1.0,
+            "forget_train_acc": forget,
+            "membership": {"auc": auc, "auc_ci": [auc - 0.01, auc + 0.01]},
+        },
+        "representation": {
+            "fused": view(gap, cka_orig=cka_orig, cka_retrain=cka_retrain),
+            "parties": {"party_0": view(gap if party_gap is None else party_gap), "party_1": view(gap)},
+            "layers": {"party_0": {"block1": {"lpr": 0.9, "lpr_gap": layer_gap}}},
+            "class_recovery": {"probe_accuracy": recovery},
+        },
+    }
+
+
+def models(**audited: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        "original": model(forget=1.0, gap=0.1, auc=0.7, cka_orig=1.0, cka_retrain=0.9, recovery=1.0),
+        "retrain": model(cka_orig=0.9, cka_retrain=1.0),
+        **audited,
+    }
+
+
+def test_reference_models_get_the_expected_verdicts() -> None:
+    certs = certify(models(), "class")
+    retrain, original = certs["retrain"], certs["original"]
+    assert (retrain.utility.status, retrain.output_forgetting.status, retrain.representation_forgetting.status) == (
+        "pass",
+        "pass",
+        "pass",
+    )
+    assert retrain.trilemma == "removal" and retrain.removal
+    assert original.output_forgetting.status == "fail"
+    assert original.representation_forgetting.status == "fail"
+    assert original.trilemma == "no_forgetting" and not original.removal
+    failed = {c.name for c in original.output_forgetting.failed}
+    assert failed == {"forget_test_acc", "forget_train_acc", "membership_auc"}
+
+
+def test_output_suppression_never_passes_for_removal() -> None:
+    # Forgotten at the output exactly like retrain, but the class is still in the embeddings.
+    suppressed = model(gap=0.12, cka_orig=1.0, cka_retrain=0.9)
+    cert = certify(models(suppressed=suppressed), "class")["suppressed"]
+    assert cert.output_forgetting.status == "pass"
+    assert cert.representation_forgetting.status == "fail"
+    assert cert.trilemma == "suppression" and not cert.removal
+    failed = {c.name for c in cert.representation_forgetting.failed}
+    assert {"lpr_gap.fused", "cka_closer_to_retrain"} <= failed
+
+
+@pytest.mark.parametrize(
+    ("audited", "failing"),
+    [
+        (model(party_gap=0.08), "lpr_gap.party_0"),
+        (model(layer_gap=0.15), "layer_lpr_gap.party_0.block1"),
+        (model(cka_orig=0.97, cka_retrain=0.96), "cka_closer_to_retrain"),
+        (model(recovery=0.95), None),  # within retrain's 0.9 + 0.1
+        (model(recovery=1.05), "class_recovery"),
+    ],
+)
+def test_each_representation_check_can_fail_on_its_own(audited: dict[str, Any], failing: str | None) -> None:
+    cert = certify(models(m=audited), "class")["m"]
+    failed = [c.name for c in cert.representation_forgetting.failed]
+    assert failed == ([failing] if failing else [])
+    assert cert.output_forgetting.status == "pass" and cert.utility.status == "pass"
+
+
+def test_utility_is_one_sided_and_output_two_sided() -> None:
+    better = model(retain=0.99)
+    worse = model(retain=0.90)
+    certs = certify(models(better=better, worse=worse), "class")
+    assert certs["better"].utility.status == "pass"
+    assert certs["worse"].utility.status == "fail"
+    assert certs["worse"].trilemma == "destructive_removal"
+    # A sample request: forgetting far more than retrain marks the samples too (two-sided).
+    sample_models = {
+        "original": model(forget=1.0, auc=0.6),
+        "retrain": model(forget=0.95),
+        "over": model(forget=0.20),
+        "near": model(forget=0.93),
+    }
+    for m in sample_models.values():
+        m["output"]["forget_test_acc"] = None
+        del m["representation"]["class_recovery"]
+    certs = certify(sample_models, "samples")
+    assert certs["over"].output_forgetting.status == "fail"
+    assert certs["near"].output_forgetting.status == "pass"
+    assert certs["original"].output_forgetting.status == "fail"
+    # CKA is not judged for sample requests (retrain differs from the original by its own noise).
+    assert all(
+        "cka_closer_to_retrain" not in {c.name for c in c_.representation_forgetting.checks} for c_ in certs.values()
+    )
+
+
+def test_membership_difference_inside_the_interval_is_not_held_against_the_model() -> None:
+    noisy = model(auc=0.44)
+    noisy["output"]["membership"]["auc_ci"] = [0.33, 0.55]  # covers retrain's 0.5
+    confident = model(auc=0.44)
+    certs = certify(models(noisy=noisy, confident=confident), "class")
+    assert certs["noisy"].output_forgetting.status == "pass"
+    assert certs["confident"].output_forgetting.status == "fail"
+
+
+def test_without_retrain_no_removal_can_be_claimed() -> None:
+    ms = models(head=model())
+    del ms["retrain"]
+    certs = certify(ms, "class")
+    for cert in certs.values():
+        assert cert.representation_forgetting.status == "n/a"
+        assert cert.trilemma == "unverified" and not cert.removal
+    # Output forgetting still has its references by construction (a never-seen class scores 0).
+    assert certs["head"].output_forgetting.status == "pass"
+    assert certs["original"].output_forgetting.status == "fail"
+    assert "original" in (certs["head"].utility.note or "")
+
+
+def test_party_requests_have_no_output_part_and_judge_feature_recovery() -> None:
+    def party_model(gap: float) -> dict[str, Any]:
+        return {
+            "output": {"retain_test_acc": 0.95, "forget_test_acc": None, "membership": None},
+            "feature_recovery": {
+                "fused": {"r2": 0.5 + gap, "recovery_gap": gap, "recovery_gap_mean": gap},
+                "parties": {"party_0": {"r2": 0.4, "recovery_gap": 0.0, "recovery_gap_mean": 0.0}},
+            },
+        }
+
+    certs = certify({"original": party_model(0.3), "retrain": party_model(0.0), "kd": party_model(0.01)}, "party")
+    assert certs["kd"].output_forgetting.status == "n/a"
+    assert certs["kd"].trilemma == "removal"
+    assert certs["original"].trilemma == "no_forgetting"
+    assert [c.name for c in certs["original"].representation_forgetting.failed] == ["feature_recovery_gap.fused"]
+
+
+def test_thresholds_are_configurable_and_validated() -> None:
+    audited = model(gap=0.07)
+    assert certify(models(m=audited), "class")["m"].representation_forgetting.status == "fail"
+    loose = CertificateThresholds(lpr_gap=0.1)
+    assert certify(models(m=audited), "class", loose)["m"].representation_forgetting.status == "pass"
+    with pytest.raises(ValueError, match="lpr_gap"):
+        CertificateThresholds(lpr_gap=-0.1)
+    with pytest.raises(ValueError, match="original"):
+        certify({"retrain": model()}, "class")
+    with pytest.raises(ValueError, match="kind"):
+        certify(models(), "rows")
+
+
+def test_trilemma_table() -> None:
+    assert trilemma_region("pass", "pass", "pass") == "removal"
+    assert trilemma_region("pass", "pass", "fail") == "suppression"
+    assert trilemma_region("pass", "fail", "pass") == "output_leak"
+    assert trilemma_region("pass", "fail", "fail") == "no_forgetting"
+    assert trilemma_region("fail", "pass", "pass") == "destructive_removal"
+    assert trilemma_region("fail", "pass", "fail") == "destructive"
+    assert trilemma_region("fail", "fail", "pass") == "failed"
+    assert trilemma_region("pass", "pass", "n/a") == "unverified"
+    assert trilemma_region("pass", "n/a", "fail") == "no_forgetting"
+    assert trilemma_region("fail", "n/a", "pass") == "destructive_removal"
+
+
+def test_end_to_end_on_digits(tmp_path: Any) -> None:
+    cfg = small_config(
+        train={"epochs": 8},
+        forget={"kind": "class", "classes": [0]},
+        methods=[
+            "retrain",
+            {"name": "finetune", "label": "head_retrain", "params": {"freeze_bottoms": True, "reset_top": True}},
+        ],
+        audit={"probe_repeats": 3},
+    )
+    report = prepare(cfg).run(tmp_path / "run")
+    cert = {name: m["certificate"] for name, m in report["models"].items()}
+    assert cert["retrain"]["representation_forgetting"]["status"] == "pass"
+    assert cert["original"]["output_forgetting"]["status"] == "fail"
+    head = cert["head_retrain"]
+    assert report["models"]["head_retrain"]["output"]["forget_test_acc"] == 0.0
+    assert head["output_forgetting"]["status"] == "pass"
+    assert head["representation_forgetting"]["status"] == "fail"
+    assert head["trilemma"] == "suppression" and head["removal"] is False
+    # The bottoms never moved, so the fused embedding is the original's.
+    cka = next(c for c in head["representation_forgetting"]["checks"] if c["name"] == "cka_closer_to_retrain")
+    assert not cka["passed"] and cka["reference"] == pytest.approx(1.0)
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert saved["models"]["head_retrain"]["certificate"] == head
+    assert saved["audit"]["certificate_thresholds"]["lpr_gap"] == 0.05
+    md = write_markdown(saved)
+    assert "## Certificate" in md and "| head_retrain | pass | pass | FAIL | suppression | no |" in md
