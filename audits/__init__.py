@@ -13,8 +13,23 @@ from audits.base import (
     get_auditor,
     register_auditor,
 )
+from audits.certificate import Certificate, CertificateThresholds, Check, Verdict, certify, trilemma_region
 from audits.cka import LinearCKA, linear_cka
 from audits.consistency import ConsistencyResult, RetrainConsistency, retrain_consistency
+
+# `feature_recovery` (the function) stays in its module: exported here it would shadow the module.
+from audits.feature_recovery import (
+    FeatureRecovery,
+    FeatureRecoveryAuditor,
+    FeatureRecoveryGap,
+    RecoveryGap,
+    RecoveryResult,
+    TargetComponents,
+    feature_recovery_many,
+    paired_recovery_gap,
+    recovery_gap_ci,
+    target_components,
+)
 from audits.membership import (
     MembershipInference,
     MembershipResult,
@@ -41,6 +56,20 @@ from audits.probe import (
     probe_many,
     probe_many_ci,
 )
+from audits.reference_free import (
+    ReferenceFreeAudit,
+    ReferenceFreeAuditor,
+    ReferenceFreeResult,
+    ignorance_test,
+    reference_free_audit,
+)
+from audits.relearning import (
+    RelearningSummary,
+    compare_relearning,
+    relearning_area,
+    steps_to_recover,
+    summarize_relearning,
+)
 from audits.representation import RepresentationAuditor
 from audits.separability import (
     FisherRatio,
@@ -53,6 +82,32 @@ from audits.separability import (
 )
 
 __all__ = [
+    "ReferenceFreeAudit",
+    "ReferenceFreeAuditor",
+    "ReferenceFreeResult",
+    "ignorance_test",
+    "reference_free_audit",
+    "RelearningSummary",
+    "compare_relearning",
+    "relearning_area",
+    "steps_to_recover",
+    "summarize_relearning",
+    "Certificate",
+    "CertificateThresholds",
+    "Check",
+    "Verdict",
+    "certify",
+    "trilemma_region",
+    "FeatureRecovery",
+    "FeatureRecoveryAuditor",
+    "FeatureRecoveryGap",
+    "RecoveryGap",
+    "RecoveryResult",
+    "TargetComponents",
+    "feature_recovery_many",
+    "paired_recovery_gap",
+    "recovery_gap_ci",
+    "target_components",
     "FisherRatio",
     "ForgetSilhouette",
     "KNNPurity",

@@ -21,7 +21,13 @@ forgetting *more* than retrain also marks the forgotten samples, the "Streisand 
 
 Without retrain the references are what a model that never saw the data gives by
 construction: accuracy 0 on a forgotten class, the model's own test accuracy on forgotten
-samples, and AUC 0.5. Party and feature requests forget no samples: nothing to suppress, ``n/a``.
+samples, and AUC 0.5; and the reference-free audit (:mod:`audits.reference_free`, arXiv
+2606.16110) must pass: the model's predictions on the forget set agree with verification models
+trained on retained data alone as much as an ignorant model's would.
+
+A party request forgets no samples; its output check is that the model no longer reads the
+party: at most ``party_dependence`` of the predictions may change when the departed party's
+embedding is shuffled across samples. A feature request has no output check (``n/a``).
 
 **representation forgetting** (removal), against ``retrain`` only (``n/a`` without it, since
 absolute probe scores are not informative: a retrained model can still separate a class it
@@ -269,9 +275,24 @@ def _utility(m: Mapping[str, Any], ref: Mapping[str, Any], ref_name: str, t: Cer
 
 
 def _output(kind: str, m: Mapping[str, Any], retrain: Mapping[str, Any] | None, t: CertificateThresholds) -> Verdict:
-    if kind in ("party", "features"):
-        return Verdict.of([], empty=f"a {kind} request forgets no samples: there is no output to suppress")
     out = m["output"]
+    if kind == "party":
+        dep = out.get("party_dependence")
+        if dep is None:
+            return Verdict.of([], empty="the outputs' dependence on the departed party was not measured")
+        passed = bool(dep <= t.party_dependence)
+        check = Check(
+            "party_dependence",
+            passed,
+            float(dep),
+            0.0,
+            f"<= {t.party_dependence:g}",
+            f"{_pct(dep)} of predictions change when the departed party's embedding is shuffled "
+            f"({'<=' if passed else '>'} {t.party_dependence:g})",
+        )
+        return Verdict.of([check])
+    if kind == "features":
+        return Verdict.of([], empty="a feature request forgets no samples; its outputs are judged by utility alone")
     ref = retrain["output"] if retrain is not None else None
     checks: list[Check | None] = []
     if kind == "class":
@@ -300,6 +321,21 @@ def _output(kind: str, m: Mapping[str, Any], retrain: Mapping[str, Any] | None, 
         ref_mia = ref.get("membership") if ref is not None else None
         reference = ref_mia["auc"] if ref_mia is not None else 0.5
         checks.append(_membership(mia, reference, t.membership_auc))
+    rf = m.get("reference_free")
+    if retrain is None and rf is not None:
+        # Without a retrained model, the verification models stand in for an ignorant one.
+        checks.append(
+            Check(
+                "reference_free",
+                bool(rf["passed"]),
+                float(rf["agreement"]),
+                float(rf["threshold"]),
+                f">= {rf['threshold']:.3f}",
+                f"agreement with ignorant verification models {rf['agreement']:.3f} "
+                f"{'>=' if rf['passed'] else '<'} threshold {rf['threshold']:.3f} "
+                f"(their own level {rf['reference_agreement']:.3f})",
+            )
+        )
     note = (
         None
         if retrain is not None

@@ -34,6 +34,15 @@ def output_metrics(logits: np.ndarray, labels: np.ndarray, split: np.ndarray, fo
     }
 
 
+def party_dependence(logits: np.ndarray, shuffled_logits: np.ndarray) -> float:
+    """Share of samples whose predicted class changes when the departed party's embedding is
+    permuted across samples (``shuffled_logits``): 0 for a model that no longer reads the
+    party, well above 0 for one that still does (the original)."""
+    if logits.shape != shuffled_logits.shape:
+        raise ValueError(f"logits {logits.shape} and shuffled logits {shuffled_logits.shape} differ in shape")
+    return float(np.mean(logits.argmax(1) != shuffled_logits.argmax(1)))
+
+
 def membership_groups(data: AuditData) -> np.ndarray:
     """``member`` for forgotten training samples, ``nonmember`` for unseen test samples they
     should look like (class requests: test samples of the forgotten classes; sample requests:
@@ -52,6 +61,10 @@ class OutputAuditor(Auditor):
     interval, and its difficulty-calibrated variant against ``retrain``'s losses (Watson et al.,
     ICLR 2022; see :mod:`audits.membership`): an AUC near 0.5 means the forgotten samples look
     unseen. ``None`` when there are no forgotten samples (party and feature requests).
+
+    Party requests: ``party_dependence`` (:func:`party_dependence`) from
+    ``data.meta["shuffled_party_logits"]`` (``{model: logits}`` with the departed party's
+    embedding rows permuted), when the run provides it.
     """
 
     def __init__(self, *, seed: int = 0) -> None:
@@ -61,9 +74,12 @@ class OutputAuditor(Auditor):
         groups = membership_groups(data)
         has_groups = bool((groups == "member").any() and (groups == "nonmember").any())
         reference = data.models["retrain"].logits if "retrain" in data.models else None
+        shuffled = data.meta.get("shuffled_party_logits", {})
         out: dict[str, dict[str, Any]] = {}
         for name, m in data.models.items():
             out[name] = output_metrics(m.logits, data.labels, data.split, data.forget)
+            if name in shuffled:
+                out[name]["party_dependence"] = party_dependence(m.logits, shuffled[name])
             out[name]["membership"] = (
                 membership_inference(
                     m.logits,

@@ -122,6 +122,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from audits._arrays import feature_matrix, to_numpy
+from audits.base import AuditData, Auditor, register_auditor
 
 __all__ = [
     "ReferenceFreeAudit",
@@ -728,3 +729,36 @@ def reference_free_audit(
         n_models=n_models, fraction=fraction, seed=seed, estimator=estimator, alpha=alpha, threshold=threshold
     )
     return audit.fit(x_retain, y_retain).compute(outputs, x_forget, y_forget)
+
+
+@register_auditor("reference_free")
+class ReferenceFreeAuditor(Auditor):
+    """The reference-free audit of every model of a run (class and sample requests).
+
+    Verification models are fit on the raw inputs of the retained training audit samples
+    (``split == "retain_train"``; ``fraction`` of them each), and every model's logits on the
+    forgotten training samples are tested against them (:class:`ReferenceFreeAudit`). The raw
+    inputs come from ``data.meta["inputs"]``: ``(n, d)`` flattened features aligned with the
+    audit samples (the simulator holds all the data; no role of the protocol sees them).
+    ``None`` for a model when the request forgets no samples.
+    """
+
+    def __init__(self, *, n_models: int = 5, fraction: float = 0.15, seed: int = 0) -> None:
+        self.n_models = n_models
+        self.fraction = fraction
+        self.seed = seed
+
+    def audit(self, data: AuditData) -> dict[str, dict[str, Any]]:
+        inputs = data.meta.get("inputs")
+        if inputs is None:
+            raise ValueError("the reference-free audit needs data.meta['inputs'] (raw features of the audit samples)")
+        x = np.asarray(inputs).reshape(len(data.labels), -1)
+        retain, forget = data.mask("retain_train"), data.mask("forget_train")
+        if not forget.any():
+            return {name: {} for name in data.models}
+        audit = ReferenceFreeAudit(n_models=self.n_models, fraction=self.fraction, seed=self.seed)
+        audit.fit(x[retain], data.labels[retain])
+        return {
+            name: audit.compute(m.logits[forget], x[forget], data.labels[forget]).to_dict()
+            for name, m in data.models.items()
+        }

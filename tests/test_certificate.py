@@ -226,3 +226,38 @@ def test_end_to_end_on_digits(tmp_path: Any) -> None:
     assert saved["audit"]["certificate_thresholds"]["lpr_gap"] == 0.05
     md = write_markdown(saved)
     assert "## Certificate" in md and "| head_retrain | pass | pass | FAIL | suppression | no |" in md
+
+
+def test_party_and_feature_requests_end_to_end(tmp_path: Any) -> None:
+    party = small_config(
+        train={"epochs": 4},
+        partition={"parties": 3},
+        forget={"kind": "party", "party": "party_1"},
+        methods=["retrain", "finetune"],
+        audit={"probe_repeats": 3},
+    )
+    report = prepare(party).run(tmp_path / "party")
+    models = report["models"]
+    # The original still reads the departed party; unlearned models no longer do, by any measure.
+    assert models["original"]["output"]["party_dependence"] > 0.05
+    for name in ("retrain", "finetune"):
+        assert models[name]["output"]["party_dependence"] == 0.0
+        assert models[name]["certificate"]["output_forgetting"]["status"] == "pass"
+    assert models["original"]["certificate"]["output_forgetting"]["status"] == "fail"
+    rec = models["finetune"]["feature_recovery"]
+    assert sorted(rec["parties"]) == ["party_0", "party_2"] and rec["excluded_party"] == "party_1"
+    assert rec["fused"]["recovery_gap"] is not None
+    assert models["retrain"]["certificate"]["representation_forgetting"]["status"] == "pass"
+    assert "relearning" not in models["original"] and "reference_free" not in models["original"]
+
+    features = small_config(
+        train={"epochs": 2},
+        forget={"kind": "features", "party": "party_0", "columns": [0, 1]},
+        methods=["retrain"],
+        audit={"probe_repeats": 2},
+    )
+    report = prepare(features).run(tmp_path / "features")
+    cert = report["models"]["original"]["certificate"]
+    assert cert["output_forgetting"]["status"] == "n/a"
+    target = report["models"]["original"]["feature_recovery"]["target"]
+    assert target["columns"] == 2 * 8  # two pixel columns of an 8-row strip

@@ -59,7 +59,7 @@ def _one_error_line(err: str) -> str:
 
 def _strip_runtimes(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _strip_runtimes(v) for k, v in value.items() if k != "runtime_s"}
+        return {k: _strip_runtimes(v) for k, v in value.items() if k not in ("runtime_s", "timings_s")}
     if isinstance(value, list):
         return [_strip_runtimes(v) for v in value]
     return value
@@ -344,7 +344,11 @@ def test_audit_reaudits_a_finished_run_from_its_checkpoints(run_folder: Path, ca
         assert after["models"][name]["runtime_s"] == model["runtime_s"]
         assert after["models"][name]["communication"] == model["communication"]
         assert _strip_runtimes(after["models"][name]["output"]) == _strip_runtimes(model["output"])
-        assert _strip_runtimes(after["models"][name]["representation"]) == _strip_runtimes(model["representation"])
+        for section in ("representation", "certificate", "relearning", "reference_free"):
+            assert _strip_runtimes(after["models"][name][section]) == _strip_runtimes(model[section]), section
+    assert sorted(p.name for p in (run_folder / "plots").iterdir()) == sorted(
+        ["trilemma.png", "layerwise_lpr.png", "cka.png", "probe_vs_output.png"]
+    )
     assert (run_folder / "report.md").read_text().startswith("# tiny")
     assert not list(run_folder.glob("*.tmp*"))
 

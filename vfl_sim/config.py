@@ -217,7 +217,9 @@ class CertificateThresholds(_Section):
     of retrain's), ``lpr_gap`` (mean LPR gap of the fused and of every party's embedding),
     ``layer_lpr_gap`` (LPR gap at every bottom-model layer: one split, so a wider tolerance),
     ``class_recovery`` (multi-class probe accuracy on the forgotten classes above retrain's),
-    ``feature_recovery_gap`` (R^2 gap of the removed columns, party and feature requests).
+    ``feature_recovery_gap`` (R^2 gap of the removed columns, party and feature requests),
+    ``party_dependence`` (share of predictions that change when a departed party's embedding is
+    shuffled).
     """
 
     utility: Annotated[float, Field(ge=0, le=1)] = 0.03
@@ -227,6 +229,37 @@ class CertificateThresholds(_Section):
     layer_lpr_gap: Annotated[float, Field(ge=0, le=1)] = 0.10
     class_recovery: Annotated[float, Field(ge=0, le=1)] = 0.10
     feature_recovery_gap: Annotated[float, Field(ge=0, le=1)] = 0.05
+    party_dependence: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+
+class RelearningConfig(_Section):
+    """The relearning attack of class requests (:mod:`server.relearning`): ``steps`` full-batch
+    SGD updates (``lr``, momentum 0.9) on ``per_class`` labeled training samples of every class,
+    in each of ``phases`` (``top``: the top model alone; ``full``: top and every bottom);
+    ``threshold`` is the forgotten accuracy that counts as recovered."""
+
+    enabled: bool = True
+    steps: Annotated[int, Field(ge=1, le=1000)] = 10
+    per_class: Annotated[int, Field(ge=1)] = 8
+    lr: Annotated[float, Field(gt=0)] = 0.01
+    phases: list[Literal["top", "full"]] = ["top", "full"]
+    threshold: Annotated[float, Field(gt=0, le=1)] = 0.5
+
+    @field_validator("phases")
+    @classmethod
+    def _phases(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("list each of top and full at most once, and at least one of them")
+        return value
+
+
+class ReferenceFreeConfig(_Section):
+    """The reference-free audit (:mod:`audits.reference_free`): ``models`` verification models,
+    each trained on ``fraction`` of the retained training audit samples."""
+
+    enabled: bool = True
+    models: Annotated[int, Field(ge=2, le=50)] = 5
+    fraction: Annotated[float, Field(gt=0, le=1)] = 0.15
 
 
 class AuditConfig(_Section):
@@ -235,6 +268,9 @@ class AuditConfig(_Section):
     max_samples: Annotated[int, Field(ge=10)] = 5000
     probe_repeats: Annotated[int, Field(ge=1, le=100)] = 5
     certificate: CertificateThresholds = CertificateThresholds()
+    relearning: RelearningConfig = RelearningConfig()
+    reference_free: ReferenceFreeConfig = ReferenceFreeConfig()
+    plots: bool = True
 
 
 class FlowerConfig(_Section):

@@ -24,14 +24,18 @@ import torch
 
 import server.methods  # noqa: F401  (registers the built-in methods)
 from audits.base import AuditData, Auditor, ModelEmbeddings, get_auditor
-from audits.certificate import certify
+from audits.certificate import RETRAIN, certify
+from audits.feature_recovery import FeatureRecoveryAuditor
 from audits.output import OutputAuditor
 from audits.probe import stratified_split
+from audits.reference_free import ReferenceFreeAuditor
+from audits.relearning import compare_relearning
 from audits.representation import RepresentationAuditor, probe_samples
 from server.coordinator import ORIGINAL, UnlearningCoordinator, resolve_forget_request
 from server.ledger import COMPLETED, LEDGER_FILE, RequestLedger
 from server.methods.base import ForgetSet, UnlearningMethod
 from server.methods.registry import available_methods, build_method, get_method
+from server.relearning import default_attack_optim, relearning_curves, relearning_split
 from server.server import Server, count_batches
 from vfl_sim import __version__
 from vfl_sim.config import ALL_METHODS, ExperimentConfig, MethodSpec, dump_config
@@ -41,6 +45,7 @@ from vfl_sim.data.partition import PartySlice, partition_features
 from vfl_sim.errors import ConfigError
 from vfl_sim.models.state import reset_parameters
 from vfl_sim.models.zoo import build_bottom, build_top
+from vfl_sim.plots import write_plots
 from vfl_sim.progress import ProgressReporter
 from vfl_sim.protocol import LocalOp
 from vfl_sim.report import SCHEMA_VERSION, write_markdown
@@ -52,7 +57,7 @@ log = logging.getLogger("vfl_sim")
 
 CHECKPOINTS = "checkpoints"
 DONE_MARK = "run.json"  # written last in a model's checkpoint folder: the checkpoint is complete
-AUDITORS = ("output", "representation")
+AUDITORS = ("output", "representation", "reference_free", "feature_recovery")
 
 
 def import_plugins(modules: list[str]) -> None:
@@ -225,17 +230,67 @@ class Experiment:
         if server.digests(ORIGINAL) != original_digest:  # a method wrote to the original snapshot
             raise RuntimeError("the original model changed while running methods")
 
-        start = time.perf_counter()
-        data = self.gather(server, list(runs))
-        results = self.audit(data)
-        audit_s = time.perf_counter() - start
+        data, results, timings = self.audit_models(server, list(runs))
         np.savez_compressed(work / "audit_embeddings.npz", **_embedding_arrays(data))  # type: ignore[arg-type]
 
-        report = self.report(runs, results, audit_s, data)
+        report = self.report(runs, results, timings, data)
         report["ledger"] = [e.to_dict() for e in ledger.entries().values()]
         (work / "report.json").write_text(json.dumps(report, indent=2))
         (work / "report.md").write_text(write_markdown(report))
+        self.write_plots(report, work)
         return report
+
+    def audit_models(
+        self, server: Server, names: list[str]
+    ) -> tuple[AuditData, dict[str, dict[str, Any]], dict[str, float]]:
+        """Gather every model's embeddings, run the auditors and (class requests) the
+        relearning attack, and certify; returns the audit data, ``{model: {section: result}}``
+        and the seconds each step took."""
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        data = self.gather(server, names)
+        timings["gather"] = time.perf_counter() - start
+        results = self.audit(data, timings)
+        if self.forget.kind == "class" and self.cfg.audit.relearning.enabled:
+            start = time.perf_counter()
+            for name, section in self.relearning(server, names).items():
+                results[name]["relearning"] = section
+            timings["relearning"] = time.perf_counter() - start
+        return data, results, timings
+
+    def relearning(self, server: Server, names: list[str]) -> dict[str, dict[str, Any]]:
+        """The relearning attack on every model, each phase compared with ``retrain``'s curve."""
+        r = self.cfg.audit.relearning
+        split = relearning_split(
+            self.forget,
+            self.dataset.labels,
+            self.dataset.test_ids,
+            per_class=r.per_class,
+            max_eval=self.cfg.audit.max_samples,
+            seed=derive_seed(self.cfg.seed, "relearning-split"),
+        )
+        optim = default_attack_optim().model_copy(update={"lr": r.lr})
+        curves = relearning_curves(
+            server,
+            names,
+            split,
+            steps=r.steps,
+            optim=optim,
+            phases=r.phases,
+            seed=derive_seed(self.cfg.seed, "relearn"),
+        )
+        out: dict[str, dict[str, Any]] = {name: {"attack": split.describe()} for name in names}
+        for phase, per_model in curves.items():
+            reference = per_model.get(RETRAIN)
+            for name, curve in per_model.items():
+                summary = compare_relearning(curve, reference, threshold=r.threshold)
+                out[name][phase] = {**summary.to_dict(), "curve": curve.to_dict()}
+        return out
+
+    def write_plots(self, report: dict[str, Any], folder: Path) -> None:
+        """The report's PNG plots in ``folder/plots`` (when ``audit.plots``)."""
+        if self.cfg.audit.plots:
+            write_plots(report, folder / "plots")
 
     def reaudit(self, run_dir: str | Path) -> dict[str, Any]:
         """Audit a finished run again from its checkpoints, without training anything.
@@ -257,12 +312,9 @@ class Experiment:
         missing = [n for n in names if not self.restore_checkpoint(server, n, folder / CHECKPOINTS)]
         if missing:
             raise ConfigError(f"{folder}: no complete checkpoint of {', '.join(missing)} under {CHECKPOINTS}/")
-        start = time.perf_counter()
-        data = self.gather(server, names)
-        results = self.audit(data)
-        audit_s = time.perf_counter() - start
+        data, results, timings = self.audit_models(server, names)
         runs = {n: {k: old["models"][n][k] for k in ("runtime_s", "communication")} for n in names}
-        report = self.report(runs, results, audit_s, data)
+        report = self.report(runs, results, timings, data)
         if "ledger" in old:
             report["ledger"] = old["ledger"]
         _write_atomic(folder / "report.json", json.dumps(report, indent=2).encode())
@@ -270,6 +322,7 @@ class Experiment:
         tmp = folder / "audit_embeddings.tmp.npz"
         np.savez_compressed(tmp, **_embedding_arrays(data))  # type: ignore[arg-type]
         os.replace(tmp, folder / "audit_embeddings.npz")
+        self.write_plots(report, folder)
         return report
 
     def train_original(self, server: Server, progress: ProgressReporter) -> dict[str, Any]:
@@ -321,7 +374,24 @@ class Experiment:
             forget = np.zeros(ids.size, dtype=bool)  # every sample stays; a party's data goes
         else:
             forget = np.isin(ids, self.forget.forget_ids.numpy())
-        return AuditData(kind=self.forget.kind, labels=labels, split=split, forget=forget, models={}, meta={"ids": ids})
+        meta: dict[str, Any] = {"ids": ids}
+        if self.forget.removes_data_of_a_party:
+            meta["removed_party"] = self.forget.party
+            meta["removed_features"] = self.removed_features(ids)
+        elif self.cfg.audit.reference_free.enabled:
+            meta["inputs"] = self.dataset.features[ids].reshape(ids.size, -1)
+        return AuditData(kind=self.forget.kind, labels=labels, split=split, forget=forget, models={}, meta=meta)
+
+    def removed_features(self, ids: np.ndarray) -> np.ndarray:
+        """Raw values ``(n, m)`` of what a party or feature request removes, for samples ``ids``:
+        every column of the party that leaves, or the removed columns (flat columns, or pixel
+        columns of an image strip, every channel and row), flattened. The audit reads them as the
+        simulator, which holds all the data; no party or server role sees another party's columns."""
+        party = next(s for s in self.slices if s.party_id == self.forget.party)
+        view = party.take(self.dataset.features[ids])
+        if self.forget.kind == "features":
+            view = view[..., list(self.forget.columns)]
+        return view.reshape(ids.size, -1)
 
     def check_audit(self) -> None:
         """Fail before training when the audit samples cannot support a linear probe."""
@@ -344,22 +414,37 @@ class Experiment:
         ids = frame.meta["ids"]
         views: dict[str, ModelEmbeddings] = {}
         layers = not self.forget.removes_data_of_a_party  # only the representation audit probes layers
+        shuffled: dict[str, np.ndarray] = {}
         for name in models:
             server.load_state(name)
             embeddings, per_layer = server.embed(torch.from_numpy(ids), layers=layers)
             logits = server.logits(embeddings).cpu().numpy()
+            if self.forget.kind == "party":
+                shuffled[name] = self._logits_with_party_shuffled(server, embeddings)
             views[name] = ModelEmbeddings(
                 parties={pid: e.cpu().numpy() for pid, e in zip(server.party_ids, embeddings)},
                 logits=logits,
                 # The last named layer is the embedding itself, already probed as the party's view.
                 layers={pid: {k: t.cpu().numpy() for k, t in list(d.items())[:-1]} for pid, d in per_layer.items()},
             )
+        meta = {**frame.meta, "shuffled_party_logits": shuffled} if shuffled else frame.meta
         return AuditData(
-            kind=frame.kind, labels=frame.labels, split=frame.split, forget=frame.forget, models=views, meta=frame.meta
+            kind=frame.kind, labels=frame.labels, split=frame.split, forget=frame.forget, models=views, meta=meta
         )
 
-    def audit(self, data: AuditData) -> dict[str, dict[str, dict[str, Any]]]:
-        """Run the auditors; returns ``{model: {section: result}}``."""
+    def _logits_with_party_shuffled(self, server: Server, embeddings: list[torch.Tensor]) -> np.ndarray:
+        """The model's logits when the departed party's embedding rows are permuted across
+        samples: a model that no longer reads the party answers exactly as before. (A party
+        that left is not asked for embeddings; the server reads zeros for it.)"""
+        k = server.party_ids.index(str(self.forget.party))
+        perm = torch_generator(derive_seed(self.cfg.seed, "party-shuffle"))
+        order = torch.randperm(embeddings[k].shape[0], generator=perm)
+        swapped = [e[order.to(e.device)] if i == k else e for i, e in enumerate(embeddings)]
+        return server.logits(swapped).cpu().numpy()
+
+    def audit(self, data: AuditData, timings: dict[str, float] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+        """Run the auditors and certify every model; returns ``{model: {section: result}}``
+        (``timings`` gets the seconds each auditor took)."""
         a = self.cfg.audit
         auditors: list[Auditor] = [OutputAuditor(seed=derive_seed(self.cfg.seed, "membership"))]
         if not self.forget.removes_data_of_a_party:  # the probe looks for forgotten samples
@@ -371,10 +456,29 @@ class Experiment:
                     repeats=a.probe_repeats,
                 )
             )
+            if a.reference_free.enabled:
+                auditors.append(
+                    ReferenceFreeAuditor(
+                        n_models=a.reference_free.models,
+                        fraction=a.reference_free.fraction,
+                        seed=derive_seed(self.cfg.seed, "reference_free"),
+                    )
+                )
+        else:  # a party's columns went: can the remaining embeddings still read them?
+            auditors.append(
+                FeatureRecoveryAuditor(
+                    eval_fraction=a.probe_eval_fraction,
+                    seed=derive_seed(self.cfg.seed, "feature_recovery"),
+                    repeats=a.probe_repeats,
+                )
+            )
         out: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in data.models}
         for auditor in auditors:
+            start = time.perf_counter()
             for model, result in auditor.audit(data).items():
                 out[model][auditor.section] = result
+            if timings is not None:
+                timings[auditor.section] = time.perf_counter() - start
         for model, cert in certify(out, self.forget.kind, a.certificate).items():
             out[model]["certificate"] = cert.to_dict()
         return out
@@ -408,7 +512,11 @@ class Experiment:
         return True
 
     def report(
-        self, runs: dict[str, dict[str, Any]], results: dict[str, dict[str, Any]], audit_s: float, data: AuditData
+        self,
+        runs: dict[str, dict[str, Any]],
+        results: dict[str, dict[str, Any]],
+        timings: dict[str, float],
+        data: AuditData,
     ) -> dict[str, Any]:
         models = {name: {**runs[name], **results[name]} for name in runs}
         return {
@@ -421,7 +529,8 @@ class Experiment:
             "parties": [s.describe() for s in self.slices],
             "forget_request": self.forget.describe(),
             "audit": {
-                "runtime_s": audit_s,
+                "runtime_s": sum(timings.values()),
+                "timings_s": timings,
                 "samples": {g: int(data.mask(g).sum()) for g in ("test", "forget_train", "retain_train")},
                 "certificate_thresholds": self.cfg.audit.certificate.model_dump(),
             },
