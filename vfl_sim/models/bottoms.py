@@ -8,6 +8,7 @@ anonymous modules.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -23,7 +24,8 @@ class BottomModel(nn.Module):
     """A party's bottom model: named stages applied in order; the last gives the embedding.
 
     ``input_mask`` (a buffer, ones by default, shape ``mask_shape``: ``(D,)`` for flat inputs,
-    ``(1, 1, W)`` for images, one entry per pixel column) multiplies the input. Feature
+    ``(1, 1, W)`` for image strips ``(C, H, W)``, one entry per pixel column, whatever the
+    bottom's kind: an MLP on a strip flattens it after the mask) multiplies the input. Feature
     unlearning zeroes the entries of removed columns, so a model that forgot them no longer
     reads them (the inputs are standardized, so zero is the training mean); being a buffer, the
     mask is part of every snapshot and checkpoint of the model.
@@ -56,14 +58,53 @@ class BottomModel(nn.Module):
         return x, layers
 
 
+def _mask_shape(in_shape: Sequence[int]) -> tuple[int, ...]:
+    """The input mask's shape for samples of shape ``in_shape``: one entry per column of the last
+    axis, broadcast over the others (``(1, 1, W)`` for an image strip ``(C, H, W)``, one entry per
+    pixel column; ``(D,)`` for a flat view)."""
+    return (1,) * (len(in_shape) - 1) + (int(in_shape[-1]),)
+
+
 def mlp_bottom(
-    in_features: int, hidden: Sequence[int], embedding_dim: int, *, batch_norm: bool, dropout: float
+    in_shape: int | Sequence[int],
+    hidden: Sequence[int],
+    embedding_dim: int,
+    *,
+    batch_norm: bool,
+    dropout: float,
 ) -> BottomModel:
-    """Tabular bottom: ``[Linear-(BN)-ReLU-(Dropout)] x len(hidden)`` then ``Linear`` to the embedding."""
+    """Fully connected bottom: ``[Linear-(BN)-ReLU-(Dropout)] x len(hidden)`` then ``Linear`` to the embedding.
+
+    Parameters
+    ----------
+    in_shape
+        Shape of one sample of the party's view: ``D`` or ``(D,)`` for flat features, ``(C, H, W)``
+        for an image strip. An image strip is masked first (the input mask has one entry per pixel
+        column, as for the convolutional bottoms, so feature unlearning removes whole columns) and
+        then flattened to ``C * H * W`` inputs by a leading ``Flatten`` in the first stage.
+    hidden
+        Widths of the hidden layers (stages ``fc1``, ``fc2``, ...).
+    embedding_dim
+        Width of the embedding (the last stage, ``embedding``).
+    batch_norm
+        Put a ``BatchNorm1d`` after every hidden ``Linear``.
+    dropout
+        Dropout probability after every hidden ReLU; ``0`` adds no module.
+
+    Returns
+    -------
+    BottomModel
+        The bottom model.
+    """
+    shape = (in_shape,) if isinstance(in_shape, int) else tuple(int(d) for d in in_shape)
+    in_features = int(math.prod(shape))
+    image = len(shape) > 1
     stages: list[tuple[str, nn.Module]] = []
     width = in_features
     for i, h in enumerate(hidden):
-        parts: list[nn.Module] = [nn.Linear(width, h)]
+        # Flat views keep their module layout (and state-dict keys) of before; images flatten first.
+        parts: list[nn.Module] = [nn.Flatten(1)] if image and i == 0 else []
+        parts.append(nn.Linear(width, h))
         if batch_norm:
             parts.append(nn.BatchNorm1d(h))
         parts.append(nn.ReLU())
@@ -72,7 +113,7 @@ def mlp_bottom(
         stages.append((f"fc{i + 1}", nn.Sequential(*parts)))
         width = h
     stages.append(("embedding", nn.Sequential(nn.Flatten(1), nn.Linear(width, embedding_dim))))
-    return BottomModel(stages, embedding_dim, (in_features,))
+    return BottomModel(stages, embedding_dim, _mask_shape(shape))
 
 
 def _conv_bn_relu(c_in: int, c_out: int, batch_norm: bool) -> list[nn.Module]:
@@ -90,18 +131,49 @@ def _pool_kernel(height: int, width: int) -> tuple[int, int]:
 
 
 def cnn_bottom(
-    in_shape: tuple[int, int, int], channels: Sequence[int], embedding_dim: int, *, batch_norm: bool
+    in_shape: tuple[int, int, int],
+    channels: Sequence[int],
+    embedding_dim: int,
+    *,
+    batch_norm: bool,
+    dropout: float = 0.0,
 ) -> BottomModel:
     """Small image bottom: one ``conv3x3-BN-ReLU-maxpool`` block per entry of ``channels``,
-    global average pooling and a linear projection to the embedding."""
+    global average pooling, (dropout) and a linear projection to the embedding.
+
+    Parameters
+    ----------
+    in_shape
+        Shape ``(C, H, W)`` of the party's image strip.
+    channels
+        Output channels of the conv blocks (stages ``conv1``, ``conv2``, ...).
+    embedding_dim
+        Width of the embedding (the last stage, ``embedding``).
+    batch_norm
+        Put a ``BatchNorm2d`` after every convolution (which then has no bias).
+    dropout
+        Dropout probability on the pooled features, right before the embedding's ``Linear``
+        (``AdaptiveAvgPool2d-Flatten-Dropout-Linear``): the one fully connected layer of the
+        model, where the MLP bottom drops too. ``0`` adds no module, so such a model has the
+        modules, state-dict keys and random draws of a model built without the option.
+
+    Returns
+    -------
+    BottomModel
+        The bottom model.
+    """
     c, h, w = in_shape
     stages: list[tuple[str, nn.Module]] = []
     for i, c_out in enumerate(channels):
         kh, kw = _pool_kernel(h, w)
         stages.append((f"conv{i + 1}", nn.Sequential(*_conv_bn_relu(c, c_out, batch_norm), nn.MaxPool2d((kh, kw)))))
         c, h, w = c_out, h // kh, w // kw
-    stages.append(("embedding", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(c, embedding_dim))))
-    return BottomModel(stages, embedding_dim, (1, 1, in_shape[2]))
+    head: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
+    if dropout > 0:
+        head.append(nn.Dropout(dropout))
+    head.append(nn.Linear(c, embedding_dim))
+    stages.append(("embedding", nn.Sequential(*head)))
+    return BottomModel(stages, embedding_dim, _mask_shape(in_shape))
 
 
 def mirage_bottom(in_shape: tuple[int, int, int], embedding_dim: int = 256) -> BottomModel:
@@ -123,4 +195,4 @@ def mirage_bottom(in_shape: tuple[int, int, int], embedding_dim: int = 256) -> B
     if embedding_dim != 256:
         head.append(nn.Linear(256, embedding_dim))
     stages = [("block1", block1), ("block2", block2), ("block3", block3), ("embedding", nn.Sequential(*head))]
-    return BottomModel(stages, embedding_dim, (1, 1, in_shape[2]))
+    return BottomModel(stages, embedding_dim, _mask_shape(in_shape))

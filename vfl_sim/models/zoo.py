@@ -40,7 +40,28 @@ def resolve_bottom_kind(cfg: ModelConfig, party_shape: tuple[int, ...]) -> str:
 
 @_keeps_global_rng
 def build_bottom(cfg: ModelConfig, party_shape: tuple[int, ...]) -> BottomModel:
-    """The bottom model for one party whose samples have shape ``party_shape``."""
+    """The bottom model for one party whose samples have shape ``party_shape``.
+
+    Parameters
+    ----------
+    cfg
+        The model config. ``mlp`` fits any party (an image strip ``(C, H, W)`` is flattened after
+        its per-column input mask); ``cnn`` and ``mirage`` need image strips. ``bottom_dropout``
+        is used by ``mlp`` (after every hidden layer) and ``cnn`` (before the embedding's
+        ``Linear``); the ``mirage`` preset has no bottom dropout and ignores it.
+    party_shape
+        Shape of one sample of the party's view.
+
+    Returns
+    -------
+    BottomModel
+        The freshly initialized bottom model (building it leaves the global random stream alone).
+
+    Raises
+    ------
+    ConfigError
+        ``cnn`` or ``mirage`` on a party with flat columns.
+    """
     kind = resolve_bottom_kind(cfg, party_shape)
     if kind in ("cnn", "mirage"):
         if len(party_shape) != 3:
@@ -51,9 +72,11 @@ def build_bottom(cfg: ModelConfig, party_shape: tuple[int, ...]) -> BottomModel:
         shape = (party_shape[0], party_shape[1], party_shape[2])
         if kind == "mirage":
             return mirage_bottom(shape, cfg.embedding_dim)
-        return cnn_bottom(shape, cfg.cnn_channels, cfg.embedding_dim, batch_norm=cfg.batch_norm)
+        return cnn_bottom(
+            shape, cfg.cnn_channels, cfg.embedding_dim, batch_norm=cfg.batch_norm, dropout=cfg.bottom_dropout
+        )
     return mlp_bottom(
-        int(np.prod(party_shape)),
+        tuple(party_shape),
         cfg.bottom_hidden,
         cfg.embedding_dim,
         batch_norm=cfg.batch_norm,
