@@ -39,7 +39,10 @@ never saw):
 - class requests: ``CKA(model, retrain) >= CKA(model, original)`` (centered linear CKA of the
   fused embedding: structurally closer to the model that never saw the class), and the
   multi-class probe's accuracy on forgotten-class test samples
-  ``<= probe_accuracy(retrain) + class_recovery``;
+  ``<= probe_accuracy(retrain) + class_recovery``; and, when the relearning attack ran, for each
+  phase the mean forgotten accuracy over the attack at most ``relearning_gap`` above retrain's
+  (information an attacker gets back in a few steps is still in the parameters: Golatkar et
+  al., CVPR 2020);
 - party and feature requests: the gap of the removed columns' linear recovery (R^2), fused and
   per party, ``<= feature_recovery_gap`` (:mod:`audits.feature_recovery`).
 
@@ -410,6 +413,18 @@ def _representation(
                     float(to_orig),
                     "CKA(retrain) >= CKA(original)",
                     f"fused CKA to retrain {to_retrain:.3f} {'>=' if closer else '<'} CKA to original {to_orig:.3f}",
+                )
+            )
+        for phase, r in (m.get("relearning") or {}).items():
+            if phase == "attack" or r.get("area_gap") is None:
+                continue
+            checks.append(
+                _at_most(
+                    f"relearning_gap.{phase}",
+                    r["area_gap"],
+                    0.0,
+                    t.relearning_gap,
+                    f"relearning ({phase}): mean forgotten accuracy over the attack above retrain's",
                 )
             )
         mine, theirs = rep.get("class_recovery"), retrain.get("representation", {}).get("class_recovery")

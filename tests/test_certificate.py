@@ -261,3 +261,15 @@ def test_party_and_feature_requests_end_to_end(tmp_path: Any) -> None:
     assert cert["output_forgetting"]["status"] == "n/a"
     target = report["models"]["original"]["feature_recovery"]["target"]
     assert target["columns"] == 2 * 8  # two pixel columns of an 8-row strip
+
+
+def test_relearning_faster_than_retrain_fails_removal() -> None:
+    def with_relearning(area_gap: float) -> dict[str, Any]:
+        m = model()
+        m["relearning"] = {"attack": {"n": 80}, "top": {"area_gap": area_gap}, "full": {"area_gap": 0.0}}
+        return m
+
+    certs = certify(models(quick=with_relearning(0.35), slow=with_relearning(0.05)), "class")
+    assert [c.name for c in certs["quick"].representation_forgetting.failed] == ["relearning_gap.top"]
+    assert certs["quick"].trilemma == "suppression"
+    assert certs["slow"].representation_forgetting.status == "pass"

@@ -28,11 +28,15 @@ TINY_DATA = {
 
 
 def _config(runtime: str, **sections: object) -> ExperimentConfig:
+    # The relearning attack costs about 3 rounds per step per model and phase; on the deployment
+    # runtime (seconds a round) only the simulation test runs it, with 2 steps.
+    relearning = {"steps": 2} if runtime == "flower-sim" else {"enabled": False}
     defaults: dict[str, object] = {
         "runtime": runtime,
         "data": TINY_DATA,
         "partition": {"parties": 2},
         "flower": {"connect_timeout": 60, "round_timeout": 60, "run_timeout": 240},
+        "audit": {"relearning": relearning},
     }
     return small_config(**{**defaults, **sections})
 
@@ -56,6 +60,11 @@ def _assert_same_outputs(a: dict, b: dict) -> None:
     assert a["models"].keys() == b["models"].keys()
     for name, model in a["models"].items():
         assert_close(model["output"], b["models"][name]["output"], where=name)
+        if "relearning" in model:  # the attack drives the parties like a method
+            for phase in ("top", "full"):
+                curve, other = model["relearning"][phase]["curve"], b["models"][name]["relearning"][phase]["curve"]
+                assert_close(curve["forget_acc"], other["forget_acc"], where=f"{name} {phase}")
+                assert_close(curve["loss"], other["loss"], where=f"{name} {phase}")
 
 
 def test_flower_sim_matches_local(tmp_path: Path) -> None:
@@ -73,6 +82,7 @@ def test_flower_sim_matches_local(tmp_path: Path) -> None:
     flower = run_on_flower(cfg, tmp_path / "sim", on_line=lines.append, keep=watch)
     watch.assert_all_stopped()
     _assert_same_outputs(local, flower)
+    assert "relearning" in flower["models"]["neggrad"]
     assert flower["runtime"] == "flower-sim"
     # Same protocol, same traffic: the byte counts of every phase agree too.
     for name, model in local["models"].items():

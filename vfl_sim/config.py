@@ -219,7 +219,8 @@ class CertificateThresholds(_Section):
     ``class_recovery`` (multi-class probe accuracy on the forgotten classes above retrain's),
     ``feature_recovery_gap`` (R^2 gap of the removed columns, party and feature requests),
     ``party_dependence`` (share of predictions that change when a departed party's embedding is
-    shuffled).
+    shuffled), ``relearning_gap`` (mean forgotten accuracy over the relearning attack above
+    retrain's, per phase).
     """
 
     utility: Annotated[float, Field(ge=0, le=1)] = 0.03
@@ -230,6 +231,7 @@ class CertificateThresholds(_Section):
     class_recovery: Annotated[float, Field(ge=0, le=1)] = 0.10
     feature_recovery_gap: Annotated[float, Field(ge=0, le=1)] = 0.05
     party_dependence: Annotated[float, Field(ge=0, le=1)] = 0.0
+    relearning_gap: Annotated[float, Field(ge=0, le=1)] = 0.10
 
 
 class RelearningConfig(_Section):

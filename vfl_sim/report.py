@@ -80,6 +80,65 @@ def party_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 VERDICT_MARK = {"pass": "pass", "fail": "FAIL", "n/a": "n/a"}
 
 
+def attack_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Relearning attack (per phase: steps until the forgotten class is back, mean forgotten
+    accuracy over the attack, its gap to retrain's) and the reference-free audit, per model."""
+    header = [
+        "model",
+        "relearn top: steps",
+        "area",
+        "gap",
+        "relearn full: steps",
+        "area",
+        "gap",
+        "ref-free agree",
+        "pass",
+    ]
+    rows = []
+    for name, m in report["models"].items():
+        rel, rf = m.get("relearning") or {}, m.get("reference_free") or {}
+        if not rel and not rf:
+            continue
+        row = [name]
+        for phase in ("top", "full"):
+            p = rel.get(phase)
+            if p is None:
+                row += ["-", "-", "-"]
+                continue
+            steps = p["steps_to_recover"]
+            row += [
+                f">{p['budget']}" if steps is None else str(steps),
+                _fmt(p["area"], True),
+                _fmt(p["area_gap"], True, True),
+            ]
+        row += [_fmt(rf.get("agreement")), "-" if "passed" not in rf else ("yes" if rf["passed"] else "no")]
+        rows.append(row)
+    return header, rows
+
+
+def feature_recovery_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Party and feature requests: held-out R^2 of the removed columns from each embedding, and
+    its gap to retrain."""
+    header = ["model", "embedding", "R^2", "R^2 gap", "gap interval"]
+    rows = []
+    for name, m in report["models"].items():
+        rec = m.get("feature_recovery")
+        if not rec:
+            continue
+        for view, r in {"fused": rec["fused"], **rec.get("parties", {})}.items():
+            interval = r.get("recovery_gap_interval")
+            rows.append(
+                [
+                    name,
+                    view,
+                    _fmt(r["r2"]),
+                    "-" if r["recovery_gap"] is None else f"{r['recovery_gap']:+.3f}",
+                    "-" if interval is None else f"[{interval[0]:+.3f}, {interval[1]:+.3f}]",
+                ]
+            )
+    return header, rows
+
+
 def certificate_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """One row per model: the three verdicts of its certificate and its trilemma region."""
     header = ["model", "utility", "output forgetting", "representation forgetting", "trilemma", "removal claimed"]
@@ -164,6 +223,30 @@ def write_markdown(report: dict[str, Any]) -> str:
         _table(*party_rows(report)),
         "",
     ]
+    header, rows = feature_recovery_rows(report)
+    if rows:
+        parts += [
+            "## Feature recovery",
+            "",
+            "How well a ridge readout recovers the removed columns (their top principal components) from "
+            "the remaining embeddings, held-out R^2; the departed party's own embedding is left out of every model.",
+            "",
+            _table(header, rows),
+            "",
+        ]
+    header, rows = attack_rows(report)
+    if rows:
+        parts += [
+            "## Relearning attack and reference-free audit",
+            "",
+            "Relearning: fine-tuning on a few labeled samples of every class (top model alone, then top and "
+            "bottoms); steps until the forgotten test accuracy reaches the threshold, the mean forgotten "
+            "accuracy over the attack (area) and its gap to retrain's. Reference-free: agreement of the "
+            "model's predictions on the forget set with verification models that never saw it.",
+            "",
+            _table(header, rows),
+            "",
+        ]
     header, rows = certificate_rows(report)
     if rows:
         t = report["audit"].get("certificate_thresholds", {})
