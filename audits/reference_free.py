@@ -740,7 +740,8 @@ class ReferenceFreeAuditor(Auditor):
     forgotten training samples are tested against them (:class:`ReferenceFreeAudit`). The raw
     inputs come from ``data.meta["inputs"]``: ``(n, d)`` flattened features aligned with the
     audit samples (the simulator holds all the data; no role of the protocol sees them).
-    ``None`` for a model when the request forgets no samples.
+    ``None`` for every model when the request forgets no samples, or when fewer than two classes
+    remain (nothing to train a verification classifier on).
     """
 
     def __init__(self, *, n_models: int = 5, fraction: float = 0.15, seed: int = 0) -> None:
@@ -748,14 +749,16 @@ class ReferenceFreeAuditor(Auditor):
         self.fraction = fraction
         self.seed = seed
 
-    def audit(self, data: AuditData) -> dict[str, dict[str, Any]]:
+    def audit(self, data: AuditData) -> dict[str, Any]:
         inputs = data.meta.get("inputs")
         if inputs is None:
             raise ValueError("the reference-free audit needs data.meta['inputs'] (raw features of the audit samples)")
         x = np.asarray(inputs).reshape(len(data.labels), -1)
         retain, forget = data.mask("retain_train"), data.mask("forget_train")
-        if not forget.any():
-            return {name: {} for name in data.models}
+        if not forget.any() or np.unique(data.labels[retain]).size < 2:
+            # Nothing forgotten, or a single retained class (a binary task with one class
+            # forgotten): a verification classifier cannot be trained, so there is no audit.
+            return {name: None for name in data.models}
         audit = ReferenceFreeAudit(n_models=self.n_models, fraction=self.fraction, seed=self.seed)
         audit.fit(x[retain], data.labels[retain])
         return {

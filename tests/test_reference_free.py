@@ -317,3 +317,33 @@ def test_bad_ignorance_test_inputs() -> None:
         ignorance_test(o, np.stack([o[:2]] * 2))
     with pytest.raises(ValueError, match="outputs must be 2-D"):
         ignorance_test(o[0], np.stack([o] * 2))
+
+
+def test_auditor_skips_when_one_class_remains() -> None:
+    """A binary task with one class forgotten leaves nothing to train a verifier on: no result,
+    rather than a crash of the whole audit."""
+    from audits.base import AuditData, ModelEmbeddings
+    from audits.reference_free import ReferenceFreeAuditor
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 20 + [1] * 20)
+    split = np.array(["forget_train"] * 20 + ["retain_train"] * 20)
+    model = ModelEmbeddings(parties={"party_0": rng.normal(size=(40, 4))}, logits=rng.normal(size=(40, 2)))
+    data = AuditData(
+        kind="class",
+        labels=labels,
+        split=split,
+        forget=labels == 0,
+        models={"original": model},
+        meta={"inputs": rng.normal(size=(40, 6))},
+    )
+    assert ReferenceFreeAuditor().audit(data) == {"original": None}
+    three = AuditData(
+        kind="class",
+        labels=np.array([0] * 20 + [1] * 10 + [2] * 10),
+        split=split,
+        forget=labels == 0,
+        models={"original": ModelEmbeddings(parties=model.parties, logits=rng.normal(size=(40, 3)))},
+        meta={"inputs": rng.normal(size=(40, 6))},
+    )
+    assert ReferenceFreeAuditor().audit(three)["original"]["n_forget"] == 20
