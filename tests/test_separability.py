@@ -286,3 +286,21 @@ def test_knn_purity_class_and_errors(rng: np.random.Generator) -> None:
         KNNPurity(k=0)
     with pytest.raises(ValueError, match="width changed"):
         KNNPurity().update(x, y).update(x[:, :3], y)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_knn_purity_matches_scikit_learn_neighbours(metric: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sklearn.neighbors import NearestNeighbors
+
+    import audits.separability as sep
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(300, 6))
+    y = rng.random(300) < 0.2
+    x[y] += 0.8
+    nn = NearestNeighbors(n_neighbors=6, metric=metric, algorithm="brute").fit(x)
+    idx = nn.kneighbors(x[y], return_distance=False)[:, 1:]  # continuous data: the first is the query
+    expected = float(np.mean(y[idx]))
+    assert knn_purity(x, y, k=5, metric=metric).purity == pytest.approx(expected)  # type: ignore[arg-type]
+    monkeypatch.setattr(sep, "_KNN_BLOCK", 7)  # blocks do not change the answer
+    assert knn_purity(x, y, k=5, metric=metric).purity == pytest.approx(expected)  # type: ignore[arg-type]
