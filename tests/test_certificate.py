@@ -218,6 +218,10 @@ def test_end_to_end_on_digits(tmp_path: Any) -> None:
     assert head["output_forgetting"]["status"] == "pass"
     assert head["representation_forgetting"]["status"] == "fail"
     assert head["trilemma"] == "suppression" and head["removal"] is False
+    # The relearning attack ran before the certificate and is one of its removal checks.
+    names = {c["name"] for c in cert["original"]["representation_forgetting"]["checks"]}
+    assert {"relearning_gap.top", "relearning_gap.full"} <= names
+    assert report["models"]["original"]["relearning"]["top"]["area_gap"] > 0.5
     # The bottoms never moved, so the fused embedding is the original's.
     cka = next(c for c in head["representation_forgetting"]["checks"] if c["name"] == "cka_closer_to_retrain")
     assert not cka["passed"] and cka["reference"] == pytest.approx(1.0)

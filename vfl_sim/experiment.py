@@ -256,6 +256,8 @@ class Experiment:
             for name, section in self.relearning(server, names).items():
                 results[name]["relearning"] = section
             timings["relearning"] = time.perf_counter() - start
+        for model, cert in certify(results, self.forget.kind, self.cfg.audit.certificate).items():
+            results[model]["certificate"] = cert.to_dict()
         return data, results, timings
 
     def relearning(self, server: Server, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -443,7 +445,7 @@ class Experiment:
         return server.logits(swapped).cpu().numpy()
 
     def audit(self, data: AuditData, timings: dict[str, float] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-        """Run the auditors and certify every model; returns ``{model: {section: result}}``
+        """Run the auditors on the gathered arrays; returns ``{model: {section: result}}``
         (``timings`` gets the seconds each auditor took)."""
         a = self.cfg.audit
         auditors: list[Auditor] = [OutputAuditor(seed=derive_seed(self.cfg.seed, "membership"))]
@@ -479,8 +481,6 @@ class Experiment:
                 out[model][auditor.section] = result
             if timings is not None:
                 timings[auditor.section] = time.perf_counter() - start
-        for model, cert in certify(out, self.forget.kind, a.certificate).items():
-            out[model]["certificate"] = cert.to_dict()
         return out
 
     def save_checkpoint(self, server: Server, name: str, folder: Path, run: dict[str, Any]) -> None:
