@@ -88,7 +88,7 @@ CLAIMS = {
     "removal": "keeps utility and forgets at the output and in its representations",
     "suppression": "forgets at the output only: its representations keep what the retrained model's do not",
     "output_leak": "its representations match retrain's, but its outputs still reveal the forgotten data",
-    "no_forgetting": "keeps utility but has not forgotten",
+    "no_forgetting": "keeps utility but fails both output and representation forgetting",
     "destructive_removal": "forgets, at the cost of utility",
     "destructive": "suppresses the forgotten data at the output at the cost of utility; its representations keep it",
     "failed": "loses utility and does not forget",
