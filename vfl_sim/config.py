@@ -302,12 +302,58 @@ class FlowerConfig(_Section):
         return value
 
 
+class RayConfig(_Section):
+    """How ``runtime: ray`` runs: every party is a Ray actor (:mod:`vfl_sim.runtimes.ray_runtime`).
+
+    ``address: null`` starts a local Ray for the run (unless the environment variable
+    ``RAY_ADDRESS`` names a cluster) with ``num_cpus`` logical CPUs (default: what the party
+    actors ask for) and shuts it down afterwards. An address joins a running cluster: ``host:port``
+    (its GCS, as ``ray start --head`` prints it), ``ray://host:port`` (Ray Client) or ``auto``.
+    Every actor asks Ray for ``party_cpus`` CPUs and ``party_gpus`` GPUs; ``start_timeout`` bounds
+    the wait for all actors to be placed and built, ``round_timeout`` the wait for one round's
+    replies.
+    """
+
+    address: str | None = None
+    num_cpus: Annotated[int, Field(ge=1)] | None = None
+    party_cpus: Annotated[float, Field(gt=0)] = 1.0
+    party_gpus: Annotated[float, Field(ge=0)] = 0.0
+    start_timeout: Annotated[float, Field(gt=0)] = 120.0
+    round_timeout: Annotated[float, Field(gt=0)] = 600.0
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and value != "auto":
+            host, sep, port = value.removeprefix("ray://").rpartition(":")
+            if not sep or not host or "/" in host or not port.isdigit():
+                raise ValueError(
+                    "ray.address must be host:port (a running cluster's GCS), ray://host:port (Ray Client) "
+                    f"or auto (got {value!r})"
+                )
+        return value
+
+    @field_validator("party_cpus", "party_gpus")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        # Ray refuses fractional resource requests above 1 only when the actor is created.
+        if value > 1 and not float(value).is_integer():
+            raise ValueError(f"Ray takes fractions of one CPU or GPU, or whole numbers (got {value})")
+        return value
+
+    @model_validator(mode="after")
+    def _local_only(self) -> RayConfig:
+        if self.num_cpus is not None and self.address is not None:
+            raise ValueError("ray.num_cpus sizes a local Ray; the cluster at ray.address has its own CPUs")
+        return self
+
+
 class ExperimentConfig(_Section):
     """The whole experiment: data, partition, models, training, forget request, methods, audit."""
 
     name: str = "experiment"
     seed: int = 0
-    runtime: Literal["local", "flower-sim", "flower-deploy"] = "local"
+    runtime: Literal["local", "flower-sim", "flower-deploy", "ray"] = "local"
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     threads: Annotated[int, Field(ge=0)] = 0
     plugins: list[str] = []
@@ -319,6 +365,7 @@ class ExperimentConfig(_Section):
     methods: list[MethodSpec] = [MethodSpec(name="retrain"), MethodSpec(name="finetune"), MethodSpec(name="neggrad")]
     audit: AuditConfig = AuditConfig()
     flower: FlowerConfig = FlowerConfig()
+    ray: RayConfig = RayConfig()
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -343,6 +390,12 @@ class ExperimentConfig(_Section):
             raise ValueError("flower.superlink is for runtime 'flower-deploy'; flower-sim starts its own SuperLink")
         if self.flower.root_certificates is not None and self.flower.superlink is None:
             raise ValueError("flower.root_certificates needs flower.superlink (the TLS SuperLink to trust)")
+        need = self.partition.parties * self.ray.party_cpus
+        if self.runtime == "ray" and self.ray.num_cpus is not None and self.ray.num_cpus < need:
+            raise ValueError(
+                f"ray.num_cpus is {self.ray.num_cpus} but the {self.partition.parties} party actors ask for {need:g} "
+                "CPUs (partition.parties x ray.party_cpus); raise ray.num_cpus or lower ray.party_cpus"
+            )
         return self
 
 
