@@ -2,8 +2,9 @@
 
 ``vfl-sim run CONFIG`` runs one experiment, ``validate`` checks a config without running it,
 ``demo`` runs the embedded default (digits, 2 parties, forget class 0, every registered method),
-``bench`` times the split runtime against a monolithic model, and ``methods`` lists what is
-registered. Input errors print one line and exit with code 2.
+``bench`` times the split runtime against a monolithic model, ``sweep CONFIG`` runs a grid of
+experiments as Ray tasks, and ``methods`` lists what is registered. Input errors print one line
+and exit with code 2.
 """
 
 from __future__ import annotations
@@ -89,6 +90,32 @@ def _parser() -> argparse.ArgumentParser:
     fc.add_argument("--out", type=Path, required=True, help="run folder the ServerApp writes (made absolute)")
     fc.add_argument("--overwrite", action="store_true")
     fc.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    sweep = sub.add_parser(
+        "sweep", help="run a grid of experiments (a config with a sweep: section), each cell a Ray task"
+    )
+    sweep.add_argument("config", type=Path)
+    sweep.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="sweep folder (default: runs/<name>-sweep-<timestamp>); rerun with the same --out to finish a sweep",
+    )
+    sweep.add_argument(
+        "--overwrite", action="store_true", help="run every cell again (cells/ and the tables are replaced)"
+    )
+    sweep.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to run the cells on (default: $RAY_ADDRESS; without either, a local Ray is started)",
+    )
+    sweep.add_argument(
+        "--workers", type=int, default=None, help="cells at once (default: sweep.workers, else the CPU count)"
+    )
+    sweep.add_argument(
+        "--dry-run", action="store_true", help="validate every cell and list them; run and write nothing"
+    )
+    common(sweep)
 
     sub.add_parser("methods", help="list registered unlearning methods and their parameters")
 
@@ -182,6 +209,38 @@ def _demo_config(overrides: Sequence[str]) -> Any:
     return config_from_dict({"name": "demo", "methods": "all"}, overrides)
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from vfl_sim.sweep import SweepProgressBar, load_sweep, run_sweep
+
+    console = _setup_logging(args.quiet)
+    sweep = load_sweep(args.config, args.overrides)  # every cell validated before anything runs
+    if args.dry_run:
+        for cell in sweep.cells:
+            print(f"{cell.id}  {cell.describe()}")
+        print(f"ok: sweep {sweep.name}, {len(sweep.cells)} cells over {', '.join(sweep.axes)}")
+        return 0
+    out = args.out or _default_out(f"{sweep.name}-sweep")
+    try:
+        with SweepProgressBar(console, enabled=not args.quiet) as bar:
+            result = run_sweep(
+                sweep, out, overwrite=args.overwrite, workers=args.workers, ray_address=args.ray_address, on_status=bar
+            )
+    except KeyboardInterrupt:
+        console.print(f"interrupted; finished cells are kept in {out}: rerun with --out {out} to finish the sweep")
+        return 130
+    print(
+        f"sweep {sweep.name}: {result.cells} cells, {len(result.ran)} run, {len(result.skipped)} already finished, "
+        f"{len(result.failed)} failed in {result.wall_s:.1f}s; {result.out}/results.csv, summary.md"
+    )
+    for cid, error in result.failed.items():
+        console.print(
+            Text.assemble(("failed: ", "bold red"), f"{cid}: {error} (cells/{cid}.error.json)"),
+            highlight=False,
+            soft_wrap=True,
+        )
+    return 0 if result.ok else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     err = Console(stderr=True)
@@ -189,8 +248,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vfl_sim.config import load_config
 
         if args.command == "run":
+            from vfl_sim.sweep import refuse_sweep_config
+
+            refuse_sweep_config(args.config, "run")  # rather than "unknown field 'sweep'"
             cfg = load_config(args.config, args.overrides)
             return _run(cfg, args.out, args.overwrite, args.quiet, resume=args.resume)
+        if args.command == "sweep":
+            return _sweep(args)
         if args.command == "demo":
             return _run(_demo_config(args.overrides), args.out, args.overwrite, args.quiet)
         if args.command == "validate":
