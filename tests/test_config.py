@@ -311,10 +311,14 @@ def test_every_shipped_config_validates() -> None:
 
     from vfl_sim.config import load_config
     from vfl_sim.experiment import prepare
+    from vfl_sim.sweep import has_sweep_section, load_sweep
 
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
     assert len(configs) >= 8
     for path in configs:
+        if has_sweep_section(path):
+            assert load_sweep(path).cells, path.name  # validates the base and every cell
+            continue
         cfg = load_config(path, [])
         if cfg.data.name in ("digits", "breast_cancer", "wine", "synthetic"):
             exp = prepare(cfg)

@@ -174,6 +174,12 @@ def _run(cfg: Any, out: Path | None, overwrite: bool, quiet: bool, resume: bool 
     if cfg.runtime == "local":
         progress = ProgressReporter(enabled=not quiet, console=console)
         report = exp.run(out, progress=progress, overwrite=overwrite, resume=resume)
+    elif cfg.runtime == "ray":
+        from vfl_sim.runtimes.ray_runtime import run_on_ray
+
+        progress = ProgressReporter(enabled=not quiet, console=console)
+        log.info("starting the ray runtime (%d party actors)", cfg.partition.parties)
+        report = run_on_ray(exp, out, progress=progress, overwrite=overwrite, resume=resume)
     else:
         from vfl_sim.experiment import check_out_dir, partial_dir
         from vfl_sim.runtimes.flower_runtime import run_on_flower
@@ -257,6 +263,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sweep(args)
         if args.command == "demo":
             return _run(_demo_config(args.overrides), args.out, args.overwrite, args.quiet)
+        if args.command in ("validate", "bench", "flower-config"):
+            from vfl_sim.sweep import has_sweep_section, load_sweep, refuse_sweep_config
+
+            if args.command == "validate" and has_sweep_section(args.config):
+                sweep = load_sweep(args.config, args.overrides)  # the base and every cell
+                print(f"ok: sweep {sweep.name}, {len(sweep.cells)} cells")
+                return 0
+            refuse_sweep_config(args.config, args.command)
         if args.command == "validate":
             from vfl_sim.experiment import prepare
             from vfl_sim.report import request_target
