@@ -6,6 +6,7 @@ is left; the others share one local Ray (a module fixture, shut down and checked
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -323,3 +324,23 @@ def test_ray_config_errors(ray_section: dict[str, object], message: str) -> None
 def test_ray_config_accepts_cluster_addresses() -> None:
     for address in ("auto", "10.0.0.5:6379", "ray://head.example:10001"):
         assert small_config(runtime="ray", ray={"address": address}).ray.address == address
+
+
+def test_cli_runs_the_ray_runtime(tmp_path: Path) -> None:
+    """`vfl-sim run` with `runtime: ray` goes through the Ray actors and leaves no Ray behind."""
+    import yaml
+
+    from vfl_sim.cli import main
+    from vfl_sim.config import dump_config
+
+    cfg = _config(methods=["retrain"], train={"epochs": 1})
+    path = tmp_path / "ray.yaml"
+    path.write_text(dump_config(cfg))
+    assert yaml.safe_load(path.read_text())["runtime"] == "ray"
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    local = prepare(cfg.model_copy(update={"runtime": "local"})).run(tmp_path / "local")
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["runtime"] == "ray"
+    for name, model in local["models"].items():
+        assert_close(report["models"][name]["output"], model["output"], where=name)
+    assert not ray.is_initialized() and not _ray_processes()
