@@ -356,3 +356,19 @@ def test_audit_reaudits_a_finished_run_from_its_checkpoints(run_folder: Path, ca
 def test_audit_of_a_folder_that_is_not_a_run(tmp_path: Path, capsys) -> None:
     assert main(["audit", str(tmp_path)]) == EXIT_INPUT_ERROR
     assert "is not a run folder (no config.yaml)" in _one_error_line(capsys.readouterr().err)
+
+
+def test_reaudit_takes_other_audit_settings_but_not_other_models(run_folder: Path) -> None:
+    """The audit section may change between runs of `audit` (or come from a newer version's
+    defaults); anything that made the models may not."""
+    from vfl_sim.config import load_config
+    from vfl_sim.errors import ConfigError
+    from vfl_sim.experiment import prepare
+
+    saved = load_config(run_folder / "config.yaml")
+    other_audit = saved.model_copy(update={"audit": saved.audit.model_copy(update={"probe_repeats": 2})})
+    report = prepare(other_audit).reaudit(run_folder)
+    assert report["models"]["original"]["representation"]["fused"]["probe_samples"]["splits"] == 2
+    other_training = saved.model_copy(update={"train": saved.train.model_copy(update={"epochs": 7})})
+    with pytest.raises(ConfigError, match="train differ"):
+        prepare(other_training).reaudit(run_folder)

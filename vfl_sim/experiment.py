@@ -38,7 +38,7 @@ from server.methods.registry import available_methods, build_method, get_method
 from server.relearning import default_attack_optim, relearning_curves, relearning_split
 from server.server import Server, count_batches
 from vfl_sim import __version__
-from vfl_sim.config import ALL_METHODS, ExperimentConfig, MethodSpec, dump_config
+from vfl_sim.config import ALL_METHODS, ExperimentConfig, MethodSpec, dump_config, load_config
 from vfl_sim.data.dataset import VflDataset
 from vfl_sim.data.loaders import load_dataset
 from vfl_sim.data.partition import PartySlice, partition_features
@@ -176,6 +176,21 @@ class Experiment:
                 f"{saved}, or pass --overwrite to start again"
             )
 
+    def _check_same_models(self, folder: Path) -> None:
+        """A re-audit needs the config that made the run's models; the ``audit`` section (and
+        settings that newer versions added, which load with their defaults) may differ."""
+        saved = folder / "config.yaml"
+        if not saved.is_file():
+            return
+        theirs = load_config(saved).model_dump(exclude={"audit"})
+        mine = self.cfg.model_dump(exclude={"audit"})
+        changed = sorted(k for k in mine if mine[k] != theirs.get(k))
+        if changed:
+            raise ConfigError(
+                f"{folder} was made with another config ({', '.join(changed)} differ); audit it with the "
+                f"config in {saved}"
+            )
+
     def _replay_completed(self, out: Path) -> dict[str, Any]:
         """``resume`` on a completed run: a no-op if its ledger has this request and methods."""
         self._check_same_config(out)
@@ -307,7 +322,7 @@ class Experiment:
         report_path = folder / "report.json"
         if not report_path.is_file():
             raise ConfigError(f"{folder} is not a finished run folder (no report.json)")
-        self._check_same_config(folder)
+        self._check_same_models(folder)
         old: dict[str, Any] = json.loads(report_path.read_text())
         names = list(old["models"])
         server = self.build_server()
