@@ -308,17 +308,50 @@ def relearning_attack(
             server.party_op("begin_method", seed=derive_seed(seed, "relearning", "parties"))
             torch.manual_seed(derive_seed(seed, "relearning", "server"))
             server.configure(optim, steps, parties=update_parties, top=True)
-            f, r = _accuracies(server, forget_eval, retain_eval)
-            forget_acc.append(f)
-            retain_acc.append(r)
-            for _ in range(steps):
-                server.run_epoch([batch], update_parties=update_parties, on_step=loss.append)
+            if update_parties:
                 f, r = _accuracies(server, forget_eval, retain_eval)
                 forget_acc.append(f)
                 retain_acc.append(r)
+                for _ in range(steps):
+                    server.run_epoch([batch], update_parties=True, on_step=loss.append)
+                    f, r = _accuracies(server, forget_eval, retain_eval)
+                    forget_acc.append(f)
+                    retain_acc.append(r)
+            else:
+                _top_only(server, batch, forget_eval, retain_eval, steps, forget_acc, retain_acc, loss)
         finally:
             _restore(server, model, optim)
     return RelearningCurve(list(range(steps + 1)), forget_acc, retain_acc, loss, time.perf_counter() - start)
+
+
+def _top_only(
+    server: Server,
+    batch: torch.Tensor,
+    forget_eval: torch.Tensor,
+    retain_eval: torch.Tensor,
+    steps: int,
+    forget_acc: list[float],
+    retain_acc: list[float],
+    loss: list[float],
+) -> None:
+    """The top-only phase: frozen bottoms give the same eval-mode embeddings at every step, so
+    the parties are asked once for the attack batch and the evaluation samples, and the server
+    attacks alone. The same curve as asking them every step, with 2 rounds instead of 2T + 1."""
+    attack, _ = server.embed(batch)
+    ids = torch.cat([forget_eval, retain_eval])
+    evaluation, _ = server.embed(ids)
+    labels = server.labels[ids.to(server.device)]
+    n = forget_eval.numel()
+
+    def record() -> None:
+        hit = (server.logits(evaluation).argmax(1) == labels).double()
+        forget_acc.append(float(hit[:n].mean()))
+        retain_acc.append(float(hit[n:].mean()))
+
+    record()
+    for _ in range(steps):
+        loss.extend(server.top_steps(attack, batch))
+        record()
 
 
 def _restore(server: Server, model: str, optim: OptimConfig) -> None:

@@ -296,8 +296,19 @@ class Server:
         """``n`` more top-model steps on the same (stale) embeddings: FedBCD's local updates of
         the active party. The embeddings are detached, so the gradients already computed for
         the parties stay as they were."""
-        assert self.optimizer is not None
+        self.top_steps(embeddings, ids, n, loss_fn=loss_fn)
+
+    def top_steps(
+        self, embeddings: Sequence[torch.Tensor], ids: torch.Tensor, n: int = 1, *, loss_fn: LossFn = cross_entropy
+    ) -> list[float]:
+        """``n`` steps of the top model alone on fixed party embeddings of ``ids`` (no party
+        is asked anything), with the optimizer set by :meth:`configure`; returns each loss."""
+        if self.optimizer is None:
+            raise RuntimeError("configure the top model's optimizer first (configure(..., top=True))")
+        self.top.train()
+        labels = self.labels[ids.to(self.device)]
         fused = fuse([e.detach() for e in embeddings], self.fusion)
+        losses = []
         for _ in range(n):
             loss = loss_fn(self.top(fused), labels, ids)
             clear_grads(self.optimizer)
@@ -305,6 +316,8 @@ class Server:
             self.optimizer.step()
             if self.scheduler is not None:
                 self.scheduler.step()
+            losses.append(float(loss.detach()))
+        return losses
 
     # -- inference -----------------------------------------------------------------------------
 
