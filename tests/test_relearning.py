@@ -22,6 +22,7 @@ from server.methods import build_method
 from server.relearning import (
     RelearningCurve,
     RelearningSplit,
+    default_attack_optim,
     relearning_attack,
     relearning_curves,
     relearning_split,
@@ -31,6 +32,7 @@ from tests.conftest import record_requests, small_config, trained
 from vfl_sim.config import ForgetConfig
 from vfl_sim.experiment import Experiment, prepare
 from vfl_sim.protocol import Backward, Embed
+from vfl_sim.seeding import derive_seed
 
 SUPPRESSED = "suppressed"
 
@@ -297,3 +299,32 @@ def test_compare_takes_curve_objects() -> None:
 def test_summary_rejects_bad_curves(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         summarize_relearning(**kwargs)
+
+
+def test_top_only_phase_asks_the_parties_once_and_matches_the_round_by_round_attack(setup: Setup) -> None:
+    """Frozen bottoms give the same eval-mode embeddings at every step: two embedding rounds
+    (attack batch, evaluation samples) replace 2T + 1, and the curve is the one a server that
+    asks the parties at every step gets (checked against that loop, written out here)."""
+    server, split = setup.server, setup.split
+    seen = record_requests(server)
+    curve = _attack(setup, SUPPRESSED, update_parties=False, steps=4)
+    embeds = [r for pid, r in seen if isinstance(r, Embed) and pid == server.party_ids[0]]
+    assert len(embeds) == 2
+
+    # The round-by-round attack: one split-learning step with frozen bottoms, then a prediction.
+    with torch.random.fork_rng():
+        server.load_state(SUPPRESSED)
+        server.party_op("begin_method", seed=derive_seed(0, "relearning", "parties"))
+        torch.manual_seed(derive_seed(0, "relearning", "server"))
+        server.configure(default_attack_optim(), 4, parties=False, top=True)
+        ids = torch.cat([split.forget_eval_ids, split.retain_eval_ids])
+        n = split.forget_eval_ids.numel()
+        losses: list[float] = []
+        forget = [float((server.predict(ids) == server.labels[ids])[:n].double().mean())]
+        for _ in range(4):
+            server.run_epoch([split.attack_ids], update_parties=False, on_step=losses.append)
+            forget.append(float((server.predict(ids) == server.labels[ids])[:n].double().mean()))
+        server.configure(default_attack_optim(), 0, parties=True, top=True)
+        server.load_state(SUPPRESSED)
+    assert curve.forget_acc == pytest.approx(forget, abs=1e-12)
+    assert curve.loss == pytest.approx(losses, rel=1e-6)
