@@ -28,8 +28,8 @@ TINY_DATA = {
 
 
 def _config(runtime: str, **sections: object) -> ExperimentConfig:
-    # The relearning attack costs about 3 rounds per step per model and phase; on the deployment
-    # runtime (seconds a round) only the simulation test runs it, with 2 steps.
+    # The relearning attack's full phase costs about 3 rounds per step and model; on the
+    # deployment runtime (seconds a round) only the simulation test runs it, with 2 steps.
     relearning = {"steps": 2} if runtime == "flower-sim" else {"enabled": False}
     defaults: dict[str, object] = {
         "runtime": runtime,
