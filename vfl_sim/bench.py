@@ -1,9 +1,14 @@
-"""Benchmark: epoch time of exact split learning (local runtime) vs the monolithic model.
+"""Benchmark: epoch time of exact split learning vs the monolithic model.
 
 Both sides train the same bottoms and top from the same weights, on the same per-party feature
 tensors and the same minibatches, with the same optimizer settings; the monolithic side is one
 ``nn.Module`` with one optimizer. The ratio is the protocol's overhead: party dispatch, message
 objects, per-role optimizers and the detach/re-attach of embeddings at the cut.
+
+:func:`bench_runtimes` times any number of runtimes against the same monolithic model (each
+runtime is a factory of the :class:`~vfl_sim.transport.Transport` that reaches its parties;
+``None`` is the in-process ``local`` one); :func:`bench_case` is the ``local``-only case that
+``vfl-sim bench`` prints. The scripts under ``benchmarks/`` build on both.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +27,14 @@ from vfl_sim.config import ExperimentConfig, config_from_dict, load_config
 from vfl_sim.models.monolithic import MonolithicModel
 from vfl_sim.optim import build_optimizer, build_scheduler, clear_grads
 from vfl_sim.seeding import seed_everything, torch_generator
+from vfl_sim.transport import CommStats, Transport
+
+if TYPE_CHECKING:
+    from server.server import Server
+    from vfl_sim.experiment import Experiment
+
+TransportFactory = Callable[["Experiment"], Transport]
+"""Builds the transport of one runtime for a prepared experiment (its parties live elsewhere)."""
 
 DEFAULT_CASES: dict[str, dict[str, Any]] = {
     "digits": {"name": "bench-digits"},
@@ -35,62 +49,309 @@ DEFAULT_CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def bench_case(cfg: ExperimentConfig, *, epochs: int, repeats: int) -> dict[str, Any]:
-    """Time ``epochs`` training epochs, split vs monolithic, ``repeats`` times (interleaved)."""
-    from parties.party import Party
+def synthetic_case(
+    train_samples: int,
+    parties: int,
+    *,
+    features_per_party: int = 8,
+    total_features: int | None = None,
+    batch_size: int = 128,
+) -> dict[str, Any]:
+    """A raw config of the synthetic set (MLP bottoms, contiguous columns) at a given size.
+
+    Parameters
+    ----------
+    train_samples
+        Training samples; the set has ``train_samples / 0.8`` samples (the default 20 % test split).
+    parties
+        Passive parties.
+    features_per_party
+        Columns per party (``features = features_per_party * parties``): every party's bottom
+        model does the same work whatever the party count.
+    total_features
+        A fixed number of columns shared out among the parties instead (the last parties may
+        hold one column fewer).
+    batch_size
+        Training minibatch size.
+
+    Returns
+    -------
+    dict
+        A config dict for :func:`vfl_sim.config.config_from_dict`.
+    """
+    features = total_features if total_features is not None else features_per_party * parties
+    informative = max(1, min(8, features // parties))
+    return {
+        "name": f"bench-synthetic-{train_samples}-{parties}p",
+        "data": {
+            "name": "synthetic",
+            "synthetic": {
+                "samples": round(train_samples / 0.8),
+                "features": features,
+                "classes": 10,
+                "informative_per_party": informative,
+            },
+        },
+        "partition": {"parties": parties, "scheme": "contiguous"},
+        "train": {"batch_size": batch_size},
+    }
+
+
+def time_split_epochs(exp: Experiment, server: Server, epochs: int) -> tuple[float, CommStats]:
+    """Train ``epochs`` epochs of the split model through ``server``'s transport.
+
+    Parameters
+    ----------
+    exp
+        The prepared experiment (data, training recipe).
+    server
+        A server whose transport reaches the parties of one runtime.
+    epochs
+        Epochs to time.
+
+    Returns
+    -------
+    tuple of float and CommStats
+        Wall seconds of the epochs (fresh optimizers excluded) and the traffic of the epochs.
+    """
     from server.server import count_batches, make_batches
+
+    cfg = exp.cfg
+    train_ids = torch.from_numpy(exp.dataset.train_ids)
+    gen = torch_generator(1)
+    server.configure(cfg.train, epochs * count_batches(train_ids.numel(), cfg.train.batch_size))
+    before = server.transport.stats.snapshot()
+    start = time.perf_counter()
+    for _ in range(epochs):
+        server.run_epoch(make_batches(train_ids, cfg.train.batch_size, gen))
+    return time.perf_counter() - start, server.transport.stats.since(before)
+
+
+def time_monolithic_epochs(
+    exp: Experiment, model: MonolithicModel, features: list[torch.Tensor], labels: torch.Tensor, epochs: int
+) -> float:
+    """Train ``epochs`` epochs of the monolithic model on the same batches as :func:`time_split_epochs`.
+
+    Parameters
+    ----------
+    exp
+        The prepared experiment (data, training recipe).
+    model
+        Every bottom and the top as one module.
+    features
+        Each party's feature tensor (row ``i`` is sample id ``i``), in the model's bottom order.
+    labels
+        Labels of every sample by id.
+    epochs
+        Epochs to time.
+
+    Returns
+    -------
+    float
+        Wall seconds of the epochs.
+    """
+    from server.server import count_batches, make_batches
+
+    cfg = exp.cfg
+    train_ids = torch.from_numpy(exp.dataset.train_ids)
+    gen = torch_generator(1)
+    opt = build_optimizer(model.parameters(), cfg.train)
+    sched = build_scheduler(opt, cfg.train.schedule, epochs * count_batches(train_ids.numel(), cfg.train.batch_size))
+    model.train()
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for batch in make_batches(train_ids, cfg.train.batch_size, gen):
+            logits = model([f.index_select(0, batch) for f in features])
+            loss = F.cross_entropy(logits, labels[batch])
+            clear_grads(opt)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+    return time.perf_counter() - start
+
+
+def bench_runtimes(
+    cfg: ExperimentConfig,
+    runtimes: Mapping[str, TransportFactory | None],
+    *,
+    epochs: int,
+    repeats: int,
+) -> list[dict[str, Any]]:
+    """Time training epochs of each runtime and of the monolithic model, interleaved.
+
+    Every runtime's server starts from the same weights (the same seed), and the monolithic
+    model from copies of the in-process parties' bottoms and the top. After one warm-up pass of
+    each, the runtimes and the monolithic model take turns ``repeats`` times, so load from other
+    work on a shared machine hits all of them alike; the medians are reported. ``cfg.threads``
+    (when not 0) sets torch's intra-op threads of this process, as a run does.
+
+    Parameters
+    ----------
+    cfg
+        The experiment (its ``methods`` are ignored).
+    runtimes
+        ``name -> transport factory``, in the order to time them; ``None`` is the in-process
+        runtime (``local``). Transports built here are closed before returning.
+    epochs
+        Epochs per timing.
+    repeats
+        Timings per runtime (after the warm-up).
+
+    Returns
+    -------
+    list of dict
+        One row per runtime: ``runtime``, ``dataset``, ``train_samples``, ``parties``,
+        ``features``, ``batch_size``, ``steps_per_epoch``, ``epoch_s``, ``monolithic_epoch_s``,
+        ``ratio`` (epoch_s / monolithic_epoch_s), ``rounds_per_epoch``,
+        ``bytes_per_epoch_per_party`` (both directions, mean over parties) and ``epoch_s_all``
+        (every timing, per epoch).
+    """
+    from parties.party import Party
+    from server.server import count_batches
     from vfl_sim.experiment import prepare
+    from vfl_sim.transport import LocalTransport
 
     exp = prepare(cfg.model_copy(update={"methods": []}))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)  # as a run does
     seed_everything(cfg.seed)
-    server = exp.build_server()
-    parties: list[Party] = list(server.transport.parties.values())  # type: ignore[attr-defined]
-    mono = MonolithicModel([copy.deepcopy(p.bottom) for p in parties], copy.deepcopy(server.top), cfg.model.fusion)
-    labels = server.labels
+    local = exp.build_server()
+    assert isinstance(local.transport, LocalTransport)
+    parties = [cast(Party, p) for p in local.transport.parties.values()]
+    mono = MonolithicModel([copy.deepcopy(p.bottom) for p in parties], copy.deepcopy(local.top), cfg.model.fusion)
     features = [p.features for p in parties]
-    train_ids = torch.from_numpy(exp.dataset.train_ids)
-    steps = count_batches(train_ids.numel(), cfg.train.batch_size)
+    servers: dict[str, Server] = {}
+    try:
+        for name, factory in runtimes.items():
+            servers[name] = local if factory is None else exp.build_server(factory(exp))
+        times: dict[str, list[float]] = {name: [] for name in servers}
+        traffic: dict[str, CommStats] = {}
+        mono_t: list[float] = []
+        for name, server in servers.items():  # warm-up: allocator, kernels, lazy init, remote caches
+            traffic[name] = time_split_epochs(exp, server, epochs)[1]
+        time_monolithic_epochs(exp, mono, features, local.labels, epochs)
+        for _ in range(repeats):
+            for name, server in servers.items():
+                times[name].append(time_split_epochs(exp, server, epochs)[0])
+            mono_t.append(time_monolithic_epochs(exp, mono, features, local.labels, epochs))
+    finally:
+        for server in servers.values():
+            if server is not local:
+                server.transport.close()
+    train_samples = int(exp.dataset.train_ids.size)
+    mono_s = statistics.median(mono_t) / epochs
+    rows = []
+    for name, server in servers.items():
+        stats = traffic[name]
+        epoch_s = statistics.median(times[name]) / epochs
+        rows.append(
+            {
+                "runtime": name,
+                "dataset": exp.dataset.name,
+                "train_samples": train_samples,
+                "parties": len(parties),
+                "features": sum(int(f[0].numel()) for f in features),
+                "batch_size": cfg.train.batch_size,
+                "steps_per_epoch": count_batches(train_samples, cfg.train.batch_size),
+                "epoch_s": epoch_s,
+                "monolithic_epoch_s": mono_s,
+                "ratio": epoch_s / mono_s,
+                "rounds_per_epoch": stats.rounds / epochs,
+                "bytes_per_epoch_per_party": stats.total_bytes / epochs / len(parties),
+                "epoch_s_all": [t / epochs for t in times[name]],
+                "monolithic_epoch_s_all": [t / epochs for t in mono_t],
+            }
+        )
+    return rows
 
-    def split_epochs() -> float:
-        gen = torch_generator(1)
-        server.configure(cfg.train, epochs * steps)
-        start = time.perf_counter()
-        for _ in range(epochs):
-            server.run_epoch(make_batches(train_ids, cfg.train.batch_size, gen))
-        return time.perf_counter() - start
 
-    def mono_epochs() -> float:
-        gen = torch_generator(1)
-        opt = build_optimizer(mono.parameters(), cfg.train)
-        sched = build_scheduler(opt, cfg.train.schedule, epochs * steps)
-        mono.train()
-        start = time.perf_counter()
-        for _ in range(epochs):
-            for batch in make_batches(train_ids, cfg.train.batch_size, gen):
-                logits = mono([f.index_select(0, batch) for f in features])
-                loss = F.cross_entropy(logits, labels[batch])
-                clear_grads(opt)
-                loss.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
-        return time.perf_counter() - start
+def ray_factory() -> TransportFactory | None:
+    """The transport factory of ``runtime: ray`` (one actor per party), or None where
+    :mod:`vfl_sim.runtimes.ray_runtime` does not import (Ray missing, or the runtime broken)."""
+    try:
+        from vfl_sim.runtimes.ray_runtime import ray_transport
+    except Exception:  # noqa: BLE001 - any import failure means: no Ray runtime here
+        return None
 
-    split_epochs(), mono_epochs()  # warm-up: allocator, kernels, lazy init
-    split_t, mono_t = [], []
-    for _ in range(repeats):
-        split_t.append(split_epochs())
-        mono_t.append(mono_epochs())
-    split_s, mono_s = statistics.median(split_t) / epochs, statistics.median(mono_t) / epochs
+    def factory(exp: Experiment) -> Transport:
+        return ray_transport(exp.cfg, exp.dataset, exp.slices, exp.device)
+
+    return factory
+
+
+def bench_named_runtimes(
+    cfg: ExperimentConfig, runtimes: Sequence[str], *, epochs: int, repeats: int
+) -> list[dict[str, Any]]:
+    """:func:`bench_runtimes` for runtimes given by name: ``local`` and ``ray``.
+
+    For ``ray`` a local Ray is started for the case (or the cluster at ``ray.address`` joined)
+    and shut down afterwards; where the Ray runtime does not import, ``ray`` is left out.
+
+    Parameters
+    ----------
+    cfg
+        The experiment.
+    runtimes
+        Names among ``local`` and ``ray``, in the order to time them.
+    epochs, repeats
+        As for :func:`bench_runtimes`.
+
+    Returns
+    -------
+    list of dict
+        The rows of :func:`bench_runtimes`.
+    """
+    unknown = set(runtimes) - {"local", "ray"}
+    if unknown:
+        raise ValueError(f"unknown runtimes {sorted(unknown)}; bench times local and ray")
+    factories: dict[str, TransportFactory | None] = {}
+    for name in runtimes:
+        factory = None if name == "local" else ray_factory()
+        if name == "local" or factory is not None:
+            factories[name] = factory
+    started = False
+    if "ray" in factories:
+        import ray
+
+        from vfl_sim.runtimes.ray_runtime import init_ray
+
+        started = init_ray(cfg)
+    try:
+        return bench_runtimes(cfg, factories, epochs=epochs, repeats=repeats)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def bench_case(cfg: ExperimentConfig, *, epochs: int, repeats: int) -> dict[str, Any]:
+    """Time ``epochs`` training epochs, split (local runtime) vs monolithic, ``repeats`` times (interleaved).
+
+    Parameters
+    ----------
+    cfg
+        The experiment.
+    epochs
+        Epochs per timing.
+    repeats
+        Timings of each side (after a warm-up).
+
+    Returns
+    -------
+    dict
+        ``dataset``, ``train_samples``, ``parties``, ``batch_size``, ``steps_per_epoch``,
+        ``split_epoch_s``, ``monolithic_epoch_s``, ``ratio``.
+    """
+    (row,) = bench_runtimes(cfg, {"local": None}, epochs=epochs, repeats=repeats)
     return {
-        "dataset": exp.dataset.name,
-        "train_samples": int(train_ids.numel()),
-        "parties": len(parties),
-        "batch_size": cfg.train.batch_size,
-        "steps_per_epoch": steps,
-        "split_epoch_s": split_s,
-        "monolithic_epoch_s": mono_s,
-        "ratio": split_s / mono_s,
+        "dataset": row["dataset"],
+        "train_samples": row["train_samples"],
+        "parties": row["parties"],
+        "batch_size": row["batch_size"],
+        "steps_per_epoch": row["steps_per_epoch"],
+        "split_epoch_s": row["epoch_s"],
+        "monolithic_epoch_s": row["monolithic_epoch_s"],
+        "ratio": row["ratio"],
     }
 
 
