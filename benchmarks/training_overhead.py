@@ -24,13 +24,33 @@ ServerApp's training time of the original, set-up rounds included, as in
     .venv/bin/python benchmarks/training_overhead.py --cases digits --flower --json rows.json
 
 ``--threads`` (default 1) sets torch's intra-op threads of this process and of every Ray actor.
-With torch's default (one thread per core) on a 2-core machine that another process keeps busy,
-every kernel waits on the OpenMP thread the other process is holding: the 20k synthetic epoch
-took 29 s instead of 0.10 s. Run on 2 shared (busy) CPU cores, 1 thread, 1 epoch x 3 repeats:
+On a 2-core machine that another process keeps busy, torch's default (one thread per core)
+made kernels wait on each other: one ``vfl-sim bench`` of the 20k synthetic case (batch 256)
+took 29 s per epoch; reruns took 0.23 s with 2 threads and 0.10 s with 1.
 
-| case | runtime | parties | columns | steps/epoch | s/epoch | monolithic s/epoch | ratio | KB/epoch/party |
+First run: 2 CPU cores shared with other jobs (load average 3 to 25 during the Ray cases, so
+every number is noisy), 1 thread, 1 epoch x 3 repeats, ``parties`` with 8 columns per party:
+
+| case | parties | columns | steps/epoch | monolithic s/epoch | local s/epoch | local ratio | ray s/epoch | ray ratio |
 |---|---|---|---|---|---|---|---|---|
-| (filled in below by the first run; see the README for idle-machine numbers) |
+| digits | 2 | 64 | 23 | 0.112 | 0.130 | 1.16 | 0.282 | 2.51 |
+| synthetic-20k | 2 | 40 | 157 | 0.131 | 0.175 | 1.33 | 2.05 | 15.6 |
+| parties | 2 | 16 | 157 | 0.123 | 0.171 | 1.38 | 1.35 | 10.9 |
+| parties | 4 | 32 | 157 | 0.199 | 0.301 | 1.52 | 3.50 | 17.6 |
+| parties | 8 | 64 | 157 | 0.348 | 0.594 | 1.71 | 5.96 | 17.1 |
+| parties | 16 | 128 | 157 | 0.721 | 1.327 | 1.84 | 12.0 | 16.6 |
+| parties | 32 | 256 | 157 | 1.609 | 2.500 | 1.55 | 23.6 | 14.7 |
+
+A second run with ``--cases digits,synthetic-20k --flower`` gave local 1.06 / 1.49, ray 1.97 /
+14.1, and ``flower-sim`` 50x (6.8 s per epoch; one epoch, so its set-up rounds are not spread)
+and 132x (18.8 s per epoch: about 0.12 s per round, Flower's polling).
+
+The local runtime's overhead is a fixed cost per party and step (a backward call, an optimizer
+step and a message each, about 0.2 ms), which the monolithic model pays once per step: the
+ratio grows with the parties while the work per party is small. Ray pays an actor call per
+party and round (about 5 ms per party and round on these 2 busy cores).
+Its rounds on the 20k set cost more than on 2k because every ``Embed`` pickles the whole
+epoch's shuffled id tensor (see ``benchmarks/scaling.py``).
 """
 
 from __future__ import annotations

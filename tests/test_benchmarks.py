@@ -58,6 +58,21 @@ def test_bench_named_runtimes_refuses_unknown() -> None:
         bench_named_runtimes(config_from_dict(synthetic_case(200, 2)), ["flower-deploy"], epochs=1, repeats=1)
 
 
+def test_bench_named_runtimes_ray_row() -> None:
+    pytest.importorskip("vfl_sim.runtimes.ray_runtime")
+    import ray
+
+    cfg = config_from_dict(synthetic_case(200, 2), ["threads=1", "data.synthetic.classes=4"])
+    rows = bench_named_runtimes(cfg, ["local", "ray"], epochs=1, repeats=1)
+    assert [r["runtime"] for r in rows] == ["local", "ray"]
+    local, remote = rows
+    assert remote["monolithic_epoch_s"] == local["monolithic_epoch_s"]  # one monolithic timing for both
+    assert remote["rounds_per_epoch"] == local["rounds_per_epoch"]
+    assert remote["bytes_per_epoch_per_party"] == local["bytes_per_epoch_per_party"]  # the same protocol
+    assert positive(remote["epoch_s"])
+    assert not ray.is_initialized()  # the Ray it started is shut down
+
+
 def test_training_overhead_rows() -> None:
     lines: list[str] = []
     rows = script("training_overhead").main(
