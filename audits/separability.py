@@ -19,15 +19,15 @@ demand, so memory grows with ``n``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from sklearn.metrics import silhouette_samples
 
 from audits._arrays import feature_matrix, to_numpy
 
-_KNN_BLOCK = 1024  # query rows per distance block of knn_purity
+_DISTANCE_BLOCK = 1024  # forgotten samples per block of distances (memory: block x n floats)
 
 __all__ = [
     "DistanceMetric",
@@ -266,8 +266,9 @@ def forget_silhouette(embeddings: Any, is_forget: Any, *, metric: DistanceMetric
         s(i) = \\frac{b(i) - a(i)}{\\max(a(i), b(i))},
 
     and the result is the mean of ``s(i)`` over the forgotten samples (the retained samples
-    are one cluster, so ``b`` is the distance to it). Computed with
-    :func:`sklearn.metrics.silhouette_samples`.
+    are one cluster, so ``b`` is the distance to it). Only the distances from forgotten
+    samples are computed (``n_F x n``, in blocks), not the full matrix
+    :func:`sklearn.metrics.silhouette_samples` would build; the values are the same.
 
     Parameters
     ----------
@@ -301,8 +302,33 @@ def forget_silhouette(embeddings: Any, is_forget: Any, *, metric: DistanceMetric
             f"forget_silhouette needs at least 2 forget and 1 retained sample, got {n_f} forget "
             f"and {y.size - n_f} retained"
         )
-    s = silhouette_samples(x, y.astype(np.int64), metric=metric)
-    return float(np.mean(s[y]))
+    total = 0.0
+    for block, d in _forget_distances(x, y, metric):
+        d[np.arange(block.size), block] = 0.0  # exactly: a sample is at distance 0 from itself
+        a = d[:, y].sum(axis=1) / (n_f - 1)
+        b = d[:, ~y].mean(axis=1)
+        denom = np.maximum(a, b)
+        total += float(np.sum(np.divide(b - a, denom, out=np.zeros_like(a), where=denom > 0)))
+    return total / n_f
+
+
+def _forget_distances(x: np.ndarray, y: np.ndarray, metric: DistanceMetric) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Distances ``(b, n)`` from blocks of the forgotten samples to every sample, with the
+    block's row indices: the only part of the full ``n x n`` matrix the forget-class
+    separability scores need, one BLAS product per block so memory stays bounded at any n."""
+    queries = np.flatnonzero(y)
+    if metric == "cosine":
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = x / np.where(norms > 0, norms, 1.0)
+    sq = np.einsum("ij,ij->i", x, x)
+    for start in range(0, queries.size, _DISTANCE_BLOCK):
+        block = queries[start : start + _DISTANCE_BLOCK]
+        dot = x[block] @ x.T
+        if metric == "cosine":
+            # 1 - cos on unit rows; an all-zero row stays at distance 1 from every other row.
+            yield block, 1.0 - dot
+        else:
+            yield block, np.sqrt(np.maximum(sq[block, None] + sq[None, :] - 2.0 * dot, 0.0))
 
 
 class ForgetSilhouette:
@@ -421,22 +447,14 @@ def knn_purity(embeddings: Any, is_forget: Any, *, k: int = 10, metric: Distance
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n - 1:
         raise ValueError(f"k must be an integer in [1, n - 1] = [1, {n - 1}], got {k!r}")
     k = int(k)
-    queries = np.flatnonzero(y)
-    if metric == "cosine":
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        x = x / np.where(norms > 0, norms, 1.0)
-    sq = np.einsum("ij,ij->i", x, x)
     hits = 0
-    # Brute force in blocks of queries: one BLAS product per block, memory bounded at any n
-    # (scikit-learn's NearestNeighbors costs ~10 ms of overhead per call at audit sizes).
-    for start in range(0, queries.size, _KNN_BLOCK):
-        block = queries[start : start + _KNN_BLOCK]
-        # Squared euclidean (or, on unit vectors, a monotone function of cosine) distance.
-        d = sq[block, None] + sq[None, :] - 2.0 * (x[block] @ x.T)
+    # Brute force over blocks of forgotten samples (scikit-learn's NearestNeighbors costs
+    # ~10 ms of overhead per call at audit sizes).
+    for block, d in _forget_distances(x, y, metric):
         d[np.arange(block.size), block] = np.inf  # a sample is not its own neighbour
         nearest = np.argpartition(d, k - 1, axis=1)[:, :k]
         hits += int(y[nearest].sum())
-    purity = hits / (queries.size * k)
+    purity = hits / (n_f * k)
     return PurityResult(purity=purity, chance=(n_f - 1) / (n - 1), k=k, n_forget=n_f, n=n)
 
 

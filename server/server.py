@@ -53,7 +53,9 @@ def make_batches(ids: torch.Tensor, batch_size: int, generator: torch.Generator 
     cannot normalize a single sample in training mode.
     """
     order = ids[torch.randperm(ids.numel(), generator=generator)] if generator is not None else ids
-    batches = list(torch.split(order, batch_size))
+    # Own storage per batch: a view would carry the whole id tensor wherever a request is
+    # pickled (Ray ships a view's full storage), n ids per message instead of a batch's.
+    batches = [b.clone() for b in torch.split(order, batch_size)]
     if len(batches) > 1 and batches[-1].numel() == 1:
         last = batches.pop()  # pop before indexing: the assignment target must be the new last batch
         batches[-1] = torch.cat([batches[-1], last])
@@ -329,7 +331,7 @@ class Server:
         ids = ids.to(torch.int64).cpu()
         chunks: list[list[torch.Tensor]] = [[] for _ in self.party_ids]
         layer_chunks: dict[str, dict[str, list[torch.Tensor]]] = {pid: {} for pid in self.party_ids}
-        for batch in torch.split(ids, batch_size):
+        for batch in (b.clone() for b in torch.split(ids, batch_size)):  # own storage, as in make_batches
             replies = self._ask(Embed(batch, train=False, layers=layers))
             for k, embedding in enumerate(self._embeddings(replies)):
                 chunks[k].append(embedding)

@@ -372,3 +372,12 @@ def test_reaudit_takes_other_audit_settings_but_not_other_models(run_folder: Pat
     other_training = saved.model_copy(update={"train": saved.train.model_copy(update={"epochs": 7})})
     with pytest.raises(ConfigError, match="train differ"):
         prepare(other_training).reaudit(run_folder)
+
+
+def test_bench_without_a_config_runs_the_built_in_cases(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vfl_sim.bench
+
+    calls: list[Any] = []
+    monkeypatch.setattr(vfl_sim.bench, "run_bench", lambda config, overrides, **kw: calls.append(config))
+    assert main(["bench"]) == 0
+    assert calls == [None]

@@ -302,5 +302,22 @@ def test_knn_purity_matches_scikit_learn_neighbours(metric: str, monkeypatch: py
     idx = nn.kneighbors(x[y], return_distance=False)[:, 1:]  # continuous data: the first is the query
     expected = float(np.mean(y[idx]))
     assert knn_purity(x, y, k=5, metric=metric).purity == pytest.approx(expected)  # type: ignore[arg-type]
-    monkeypatch.setattr(sep, "_KNN_BLOCK", 7)  # blocks do not change the answer
+    monkeypatch.setattr(sep, "_DISTANCE_BLOCK", 7)  # blocks do not change the answer
     assert knn_purity(x, y, k=5, metric=metric).purity == pytest.approx(expected)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_forget_silhouette_matches_scikit_learn(metric: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sklearn.metrics import silhouette_samples
+
+    import audits.separability as sep
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(250, 5))
+    y = rng.random(250) < 0.3
+    x[y] += 0.5
+    x[0] = 0.0  # an all-zero row: cosine distance 1 to everything
+    expected = float(np.mean(silhouette_samples(x, y.astype(int), metric=metric)[y]))
+    assert forget_silhouette(x, y, metric=metric) == pytest.approx(expected, abs=1e-9)  # type: ignore[arg-type]
+    monkeypatch.setattr(sep, "_DISTANCE_BLOCK", 11)
+    assert forget_silhouette(x, y, metric=metric) == pytest.approx(expected, abs=1e-9)  # type: ignore[arg-type]

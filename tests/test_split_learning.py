@@ -157,3 +157,13 @@ def test_count_batches_matches_make_batches(n: int) -> None:
     assert count_batches(n, 64) == len(batches)
     assert all(b.numel() > 1 for b in batches) or n == 1
     assert torch.equal(torch.cat(batches), torch.arange(n))
+
+
+def test_batches_own_their_ids() -> None:
+    """A batch is not a view of the epoch's id tensor: pickled for a remote party it must
+    carry its own ids only."""
+    from server.server import make_batches
+
+    batches = make_batches(torch.arange(1000), 64, torch.Generator().manual_seed(0))
+    assert all(b.untyped_storage().nbytes() == b.numel() * b.element_size() for b in batches)
+    assert torch.equal(torch.cat(batches).sort().values, torch.arange(1000))

@@ -270,7 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sweep = load_sweep(args.config, args.overrides)  # the base and every cell
                 print(f"ok: sweep {sweep.name}, {len(sweep.cells)} cells")
                 return 0
-            refuse_sweep_config(args.config, args.command)
+            if args.config is not None:  # `vfl-sim bench` alone runs its built-in cases
+                refuse_sweep_config(args.config, args.command)
         if args.command == "validate":
             from vfl_sim.experiment import prepare
             from vfl_sim.report import request_target
