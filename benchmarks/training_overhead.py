@@ -49,8 +49,9 @@ The local runtime's overhead is a fixed cost per party and step (a backward call
 step and a message each, about 0.2 ms), which the monolithic model pays once per step: the
 ratio grows with the parties while the work per party is small. Ray pays an actor call per
 party and round (about 5 ms per party and round on these 2 busy cores).
-Its rounds on the 20k set cost more than on 2k because every ``Embed`` pickles the whole
-epoch's shuffled id tensor (see ``benchmarks/scaling.py``).
+Its rounds on the 20k set cost more than on 2k in this first run because every ``Embed``
+pickled the whole epoch's shuffled id tensor (see ``benchmarks/scaling.py``; fixed since: the
+README has the rerun on an idle machine, Ray 6.6-8.3x monolithic on the 20k set).
 """
 
 from __future__ import annotations
