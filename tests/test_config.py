@@ -317,7 +317,10 @@ def test_every_shipped_config_validates() -> None:
     assert len(configs) >= 8
     for path in configs:
         if has_sweep_section(path):
-            assert load_sweep(path).cells, path.name  # validates the base and every cell
+            sweep = load_sweep(path, check=False)
+            assert sweep.cells, path.name
+            if all(c.config.data.name in ("digits", "breast_cancer", "wine", "synthetic") for c in sweep.cells):
+                load_sweep(path)  # data that ships here: every cell prepares
             continue
         cfg = load_config(path, [])
         if cfg.data.name in ("digits", "breast_cancer", "wine", "synthetic"):
