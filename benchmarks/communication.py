@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from vfl_sim.bench import DEFAULT_CASES, synthetic_case, time_split_epochs
+from vfl_sim.bench import DEFAULT_CASES, int_list, synthetic_case, time_split_epochs
 from vfl_sim.config import config_from_dict
 from vfl_sim.experiment import prepare
 from vfl_sim.seeding import seed_everything
@@ -175,10 +175,6 @@ def methods_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
-
-
 def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> dict[str, list[dict[str, Any]]]:
     """Parse ``argv``, count both parts, print the tables through ``out``; returns ``{"training", "methods"}``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -197,10 +193,10 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> d
     result: dict[str, list[dict[str, Any]]] = {}
     if "training" in parts:
         digits = DEFAULT_CASES["digits"]
-        cases = [("digits", {**digits, "partition": {"parties": k}}) for k in _ints(args.digits_parties)]
+        cases = [("digits", {**digits, "partition": {"parties": k}}) for k in int_list(args.digits_parties)]
         cases += [
             ("synthetic", synthetic_case(args.party_samples, k, features_per_party=args.features_per_party))
-            for k in _ints(args.parties)
+            for k in int_list(args.parties)
         ]
         result["training"] = [training_row(case, raw, overrides) for case, raw in cases]
         out("Training, one epoch:")

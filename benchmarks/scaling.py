@@ -64,7 +64,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vfl_sim.bench import bench_named_runtimes, ray_factory, synthetic_case
+from vfl_sim.bench import bench_named_runtimes, int_list, ray_factory, synthetic_case
 from vfl_sim.config import config_from_dict
 
 RUNTIMES = ("local", "ray")
@@ -125,10 +125,6 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
-
-
 def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Parse ``argv``, time both axes, print the table through ``out`` and return the rows."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,14 +151,14 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> l
     points: dict[str, list[dict[str, Any]]] = {}
     if "samples" in args.axes.split(","):
         points["samples"] = [
-            synthetic_case(n, args.sample_parties, total_features=args.sample_features) for n in _ints(args.samples)
+            synthetic_case(n, args.sample_parties, total_features=args.sample_features) for n in int_list(args.samples)
         ]
     if "parties" in args.axes.split(","):
         points["parties"] = [
             synthetic_case(
                 args.party_samples, k, features_per_party=args.features_per_party, total_features=args.total_features
             )
-            for k in _ints(args.parties)
+            for k in int_list(args.parties)
         ]
     rows: list[dict[str, Any]] = []
     for axis, raws in points.items():

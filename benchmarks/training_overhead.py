@@ -63,7 +63,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vfl_sim.bench import DEFAULT_CASES, bench_named_runtimes, ray_factory, synthetic_case
+from vfl_sim.bench import DEFAULT_CASES, bench_named_runtimes, int_list, ray_factory, synthetic_case
 from vfl_sim.config import ExperimentConfig, config_from_dict
 
 RUNTIMES = ("local", "ray")
@@ -74,12 +74,12 @@ def cases(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     wanted = args.cases.split(",")
     out: list[tuple[str, dict[str, Any]]] = []
     if "digits" in wanted:
-        for k in _ints(args.digits_parties):
+        for k in int_list(args.digits_parties):
             out.append(("digits", {**DEFAULT_CASES["digits"], "partition": {"parties": k}}))
     if "synthetic-20k" in wanted:
         out.append(("synthetic-20k", DEFAULT_CASES["synthetic-20k"]))
     if "parties" in wanted:
-        for k in _ints(args.parties):
+        for k in int_list(args.parties):
             raw = synthetic_case(
                 args.party_samples,
                 k,
@@ -180,10 +180,6 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
             f" | {r['bytes_per_epoch_per_party'] / 1e3:.0f} |"
         )
     return lines
-
-
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
 
 
 def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> list[dict[str, Any]]:

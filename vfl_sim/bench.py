@@ -371,3 +371,8 @@ def run_bench(config: Path | None, overrides: list[str], *, epochs: int, repeats
             f"{r['split_epoch_s']:>15.4f}{r['monolithic_epoch_s']:>14.4f}{r['ratio']:>8.3f}"
         )
     return results
+
+
+def int_list(text: str) -> list[int]:
+    """``"2,4,8"`` -> ``[2, 4, 8]``: the comma lists of the benchmark scripts' flags."""
+    return [int(x) for x in text.split(",") if x]
