@@ -381,3 +381,45 @@ def test_bench_without_a_config_runs_the_built_in_cases(monkeypatch: pytest.Monk
     monkeypatch.setattr(vfl_sim.bench, "run_bench", lambda config, overrides, **kw: calls.append(config))
     assert main(["bench"]) == 0
     assert calls == [None]
+
+
+def test_readme_plugin_auditor_runs_from_yaml(tmp_path, monkeypatch) -> None:
+    """The README's auditor example: a user module under plugins adds an audit section, and a
+    bad auditor entry is an input error before anything is written."""
+    from audits.base import AUDITORS as AUDITOR_REGISTRY
+
+    (tmp_path / "myaudits_readme.py").write_text(
+        "import numpy as np\n"
+        "from audits import AuditData, Auditor, register_auditor\n\n"
+        "@register_auditor('logit_margin')\n"
+        "class LogitMargin(Auditor):\n"
+        "    def __init__(self, *, top: int = 2) -> None:\n"
+        "        self.top = top\n\n"
+        "    def audit(self, data: AuditData) -> dict[str, dict[str, float]]:\n"
+        "        out = {}\n"
+        "        for name, m in data.models.items():\n"
+        "            z = np.sort(m.logits[data.forget], axis=1)\n"
+        "            out[name] = {'margin': float(np.mean(z[:, -1] - z[:, -self.top]))}\n"
+        "        return out\n"
+    )
+    base = (
+        "plugins: [myaudits_readme]\n"
+        "data: {name: synthetic, synthetic: {samples: 300, features: 8, classes: 3, informative_per_party: 2}}\n"
+        "train: {epochs: 1}\n"
+        "methods: [retrain]\n"
+    )
+    (tmp_path / "cfg.yaml").write_text(base + "audit: {auditors: [{name: logit_margin, params: {top: 2}}]}\n")
+    (tmp_path / "bad.yaml").write_text(base + "audit: {auditors: [{name: logit_margin, params: {tops: 2}}]}\n")
+    (tmp_path / "unknown.yaml").write_text(base + "audit: {auditors: [no_such_audit]}\n")
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert main(["run", "cfg.yaml", "--out", "run", "--quiet"]) == 0
+        report = json.loads((tmp_path / "run" / "report.json").read_text())
+        margins = {name: m["logit_margin"]["margin"] for name, m in report["models"].items()}
+        assert set(margins) == {"original", "retrain"} and all(v >= 0 for v in margins.values())
+        assert main(["run", "bad.yaml", "--out", "bad", "--quiet"]) == EXIT_INPUT_ERROR
+        assert main(["run", "unknown.yaml", "--out", "unknown", "--quiet"]) == EXIT_INPUT_ERROR
+        assert not (tmp_path / "bad").exists() and not (tmp_path / "unknown").exists()
+    finally:
+        AUDITOR_REGISTRY.unregister("logit_margin")
+        sys.modules.pop("myaudits_readme", None)

@@ -264,7 +264,18 @@ class ReferenceFreeConfig(_Section):
     fraction: Annotated[float, Field(gt=0, le=1)] = 0.15
 
 
+class AuditorSpec(_Section):
+    """A registered auditor to run besides the built-in ones, and its constructor arguments."""
+
+    name: str
+    params: dict[str, Any] = {}
+
+
 class AuditConfig(_Section):
+    """Settings of the built-in audits; ``auditors`` adds registered ones (e.g. from ``plugins``),
+    whose results land in ``models.<model>.<section>`` of the report."""
+
+    auditors: list[AuditorSpec] = []
     probe_eval_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.3
     probe_C: Annotated[float, Field(gt=0)] = 1.0
     max_samples: Annotated[int, Field(ge=10)] = 5000
@@ -273,6 +284,14 @@ class AuditConfig(_Section):
     relearning: RelearningConfig = RelearningConfig()
     reference_free: ReferenceFreeConfig = ReferenceFreeConfig()
     plots: bool = True
+
+    @field_validator("auditors", mode="before")
+    @classmethod
+    def _auditor_shorthand(cls, value: Any) -> Any:
+        # `auditors: [mine, {name: other, params: {k: 1}}]`, as for methods.
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
 
 
 class FlowerConfig(_Section):
