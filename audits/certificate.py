@@ -59,15 +59,18 @@ region                    utility    output  representation  meaning
 ``removal``               pass       pass    pass            forgotten at the output and inside
 ``suppression``           pass       pass    fail            the forgetting gap: output only
 ``output_leak``           pass       fail    pass            representations clean, outputs not
-``no_forgetting``         pass       fail    fail            useful, but nothing was forgotten
+``no_forgetting``         pass       fail    fail            useful, fails both forgetting tests
 ``destructive_removal``   fail       pass    pass            forgets by breaking the model
 ``destructive``           fail       pass    fail            suppresses by breaking the model
 ``failed``                fail       fail    any             neither useful nor forgetting
 ``unverified``            any        any     n/a             no removal claim can be made
 ========================  =========  ======  ==============  ======================================
 
-For party and feature requests (no output to suppress) the regions are ``removal``,
-``no_forgetting``, ``destructive_removal`` and ``failed`` by utility and representation alone.
+For feature requests (no output check) the regions are ``removal``, ``no_forgetting``,
+``destructive_removal`` and ``failed``, by utility and representation alone; a party request's
+output check is its party dependence (the untouched original, which still reads the party, is
+an ``output_leak`` when its remaining embeddings hold no more of the party's columns than
+retrain's).
 Only ``removal`` and ``destructive_removal`` claim removal, and only with a representation pass.
 """
 
