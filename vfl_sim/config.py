@@ -473,28 +473,35 @@ def _parse_scalar(text: str) -> Any:
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Apply dotted ``key=value`` overrides to a raw config mapping (returns a new mapping)."""
-    out: dict[str, Any] = _deep_copy(raw)
+    out: dict[str, Any] = deep_copy(raw)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (for example train.epochs=5)")
         key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        if not all(parts):
+        if not all(key.strip().split(".")):
             raise ConfigError(f"override key {key!r} is empty or has an empty part")
-        node = out
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {key!r}: '{part}' is not a section")
-            node = child
-        node[parts[-1]] = _parse_scalar(value)
+        set_dotted(out, key.strip(), _parse_scalar(value), where=f"override {key!r}")
     return out
 
 
-def _deep_copy(raw: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+def set_dotted(raw: dict[str, Any], key: str, value: Any, *, where: str) -> None:
+    """Set the dotted ``key`` of a raw config mapping to ``value`` in place, making sections as
+    needed; ``where`` names the source in the error when a part of the key is not a section."""
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = deep_copy(value) if isinstance(value, Mapping) else value
+
+
+def deep_copy(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a raw (nested) config mapping; lists and scalars are shared."""
+    return {k: deep_copy(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
 
 
 def config_from_dict(raw: Mapping[str, Any], overrides: Iterable[str] = ()) -> ExperimentConfig:

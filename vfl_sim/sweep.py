@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from vfl_sim.config import ExperimentConfig, apply_overrides, config_from_dict, dump_config
+from vfl_sim.config import ExperimentConfig, apply_overrides, config_from_dict, deep_copy, dump_config, set_dotted
 from vfl_sim.errors import ConfigError, VflSimError
 from vfl_sim.sweep_table import (
     FAILED,
@@ -203,30 +203,17 @@ def cell_id(overrides: Mapping[str, Any]) -> str:
     return f"{'_'.join(parts)[:100].rstrip('_-.')}-{digest}"
 
 
-def set_dotted(raw: Mapping[str, Any], key: str, value: Any) -> dict[str, Any]:
+def with_dotted(raw: Mapping[str, Any], key: str, value: Any) -> dict[str, Any]:
     """A copy of ``raw`` with the dotted ``key`` set to ``value`` (sections made as needed)."""
-    out = _deep_copy(raw)
-    node = out
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"sweep.axes.{key}: '{part}' is not a section of the config")
-        node = child
-    node[parts[-1]] = _deep_copy(value) if isinstance(value, Mapping) else value
+    out = deep_copy(raw)
+    set_dotted(out, key, value, where=f"sweep.axes.{key}")
     return out
 
 
-def _deep_copy(raw: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
-
-
 def _with_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    out = _deep_copy(base)
+    out = deep_copy(base)
     for key, value in overrides.items():
-        out = set_dotted(out, key, value)
+        out = with_dotted(out, key, value)
     return out
 
 
@@ -349,7 +336,7 @@ def _blame(base_raw: Mapping[str, Any], overrides: Mapping[str, Any], exc: Excep
     the base, or else to the combination of the cell's values."""
     for key, value in overrides.items():
         try:
-            build(set_dotted(base_raw, key, value))
+            build(with_dotted(base_raw, key, value))
         except VflSimError as alone:
             return f"sweep.axes.{key} = {_render(value)}: {alone}"
     combo = ", ".join(f"{k}={_render(v)}" for k, v in overrides.items())
