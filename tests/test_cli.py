@@ -369,6 +369,8 @@ def test_reaudit_takes_other_audit_settings_but_not_other_models(run_folder: Pat
     other_audit = saved.model_copy(update={"audit": saved.audit.model_copy(update={"probe_repeats": 2})})
     report = prepare(other_audit).reaudit(run_folder)
     assert report["models"]["original"]["representation"]["fused"]["probe_samples"]["splits"] == 2
+    elsewhere = other_audit.model_copy(update={"runtime": "ray", "threads": 1})  # same models, other runtime
+    assert prepare(elsewhere).reaudit(run_folder)["models"].keys() == report["models"].keys()
     other_training = saved.model_copy(update={"train": saved.train.model_copy(update={"epochs": 7})})
     with pytest.raises(ConfigError, match="train differ"):
         prepare(other_training).reaudit(run_folder)

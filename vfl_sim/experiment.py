@@ -180,13 +180,15 @@ class Experiment:
             )
 
     def _check_same_models(self, folder: Path) -> None:
-        """A re-audit needs the config that made the run's models; the ``audit`` section (and
-        settings that newer versions added, which load with their defaults) may differ."""
+        """A re-audit needs the config that made the run's models; the ``audit`` section, where
+        and how the parties ran (they give the same models), and settings that newer versions
+        added (which load with their defaults) may differ."""
         saved = folder / "config.yaml"
         if not saved.is_file():
             return
-        theirs = load_config(saved).model_dump(exclude={"audit"})
-        mine = self.cfg.model_dump(exclude={"audit"})
+        free = {"audit", "name", "runtime", "device", "threads", "flower", "ray"}
+        theirs = load_config(saved).model_dump(exclude=free)
+        mine = self.cfg.model_dump(exclude=free)
         changed = sorted(k for k in mine if mine[k] != theirs.get(k))
         if changed:
             raise ConfigError(
