@@ -23,6 +23,7 @@ from typing import Any
 from vfl_sim.config import load_config
 from vfl_sim.errors import VflSimError
 from vfl_sim.experiment import prepare
+from vfl_sim.report import markdown_table
 
 RUNNABLE = (
     "digits.yaml",
@@ -67,17 +68,16 @@ def main() -> None:
             rows.append(measure(config, args.overrides))
         except VflSimError as err:
             print(f"skipped {config.name}: {err}")
-    header = "| config | models | retrain s | audit s | per model s | audit / retrain | " + " | ".join(STEPS) + " |"
-    print(header)
-    print("|" + "---|" * (6 + len(STEPS)))
+    header = ["config", "models", "retrain s", "audit s", "per model s", "audit / retrain", *STEPS]
+    table = []
     for r in rows:
         share = "-" if r["share"] is None else f"{100 * r['share']:.0f} %"
         retrain = "-" if r["retrain_s"] is None else f"{r['retrain_s']:.2f}"
-        steps = " | ".join(f"{r['steps'][s]:.2f}" if s in r["steps"] else "-" for s in STEPS)
-        print(
-            f"| {r['config']} | {r['models']} | {retrain} | {r['audit_s']:.2f} | {r['per_model_s']:.2f} | {share} | "
-            f"{steps} |"
+        steps = [f"{r['steps'][s]:.2f}" if s in r["steps"] else "-" for s in STEPS]
+        table.append(
+            [r["config"], str(r["models"]), retrain, f"{r['audit_s']:.2f}", f"{r['per_model_s']:.2f}", share, *steps]
         )
+    print(markdown_table(header, table))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -9,6 +9,7 @@ these. The README documents every key.
 
 from __future__ import annotations
 
+from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
 SCHEMA_VERSION = "1.0"
@@ -181,8 +182,10 @@ def certificate_evidence(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], *, right: Container[int] = ()) -> str:
+    """A markdown table; columns whose index is in ``right`` are right-aligned."""
+    rule = ("---:" if i in right else "---" for i in range(len(header)))
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -216,11 +219,11 @@ def write_markdown(report: dict[str, Any]) -> str:
         "the gap to `retrain` is what matters (positive: the model keeps more than a model that never saw the data). "
         "Accuracies drive output suppression; LPR gap and CKA speak to removal.",
         "",
-        _table(*results_rows(report)),
+        markdown_table(*results_rows(report)),
         "",
         "## Per party",
         "",
-        _table(*party_rows(report)),
+        markdown_table(*party_rows(report)),
         "",
     ]
     header, rows = feature_recovery_rows(report)
@@ -231,7 +234,7 @@ def write_markdown(report: dict[str, Any]) -> str:
             "How well a ridge readout recovers the removed columns (their top principal components) from "
             "the remaining embeddings, held-out R^2; the departed party's own embedding is left out of every model.",
             "",
-            _table(header, rows),
+            markdown_table(header, rows),
             "",
         ]
     header, rows = attack_rows(report)
@@ -244,7 +247,7 @@ def write_markdown(report: dict[str, Any]) -> str:
             "accuracy over the attack (area) and its gap to retrain's. Reference-free: agreement of the "
             "model's predictions on the forget set with verification models that never saw it.",
             "",
-            _table(header, rows),
+            markdown_table(header, rows),
             "",
         ]
     header, rows = certificate_rows(report)
@@ -259,7 +262,7 @@ def write_markdown(report: dict[str, Any]) -> str:
             "to retrain than to the original, probe recovery). Passing output forgetting alone is suppression, "
             "never removal.",
             "",
-            _table(header, rows),
+            markdown_table(header, rows),
             "",
             *certificate_evidence(report),
             "",

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vfl_sim.report import markdown_table
+
 FINISHED = "finished"
 FAILED = "failed"
 
@@ -337,17 +339,15 @@ def summary_markdown(
         "AUC of the loss attack; trilemma: the certificate's region, seeds per region."
     )
     header = ["model", "n", *(h for _, h, _ in SUMMARY_COLUMNS), *(h for _, h in COUNT_COLUMNS)]
-    current: tuple[tuple[str, Any], ...] | None = None
+    numbers = range(1, len(header) - 1)  # every column but the model and the trilemma counts
+    groups: dict[tuple[tuple[str, Any], ...], list[list[str]]] = {}
     for s in summarize(rows, axes):
-        if s.group != current:
-            current = s.group
-            lines += ["", f"## {group_label(s.group)}", ""]
-            lines.append("| " + " | ".join(header) + " |")
-            lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 2) + ["---"]) + "|")
         cells = [s.model, str(s.n)]
         cells += [format_stat(s.stats[col], kind) for col, _, kind in SUMMARY_COLUMNS]
         cells += [", ".join(f"{value} {k}/{s.n}" for value, k in s.counts[col]) or "–" for col, _ in COUNT_COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
+        groups.setdefault(s.group, []).append(cells)
+    for group, table_rows in groups.items():
+        lines += ["", f"## {group_label(group)}", "", markdown_table(header, table_rows, right=numbers)]
     if failed:
         lines += ["", "## Failed cells", ""]
         for r in failed:
