@@ -57,7 +57,12 @@ splits share samples; Nadeau and Bengio, 2003).
 representations on shared splits (batched: every model of one width is solved in one
 stacked linear solve per split), :class:`FeatureRecovery` and :class:`FeatureRecoveryGap`
 accumulate minibatches (``update`` / ``compute`` / ``reset``), and
-:class:`FeatureRecoveryAuditor` runs it on :class:`~audits.base.AuditData`.
+:class:`FeatureRecoveryAuditor` runs it on :class:`~audits.base.AuditData`: per model the
+views ``fused`` and ``parties.<pid>`` (embeddings) and ``output`` (the model's logits, i.e.
+whether the top model still carries the removed columns), each
+``{"r2", "r2_interval", "recovery_gap", "recovery_gap_interval"}`` with
+``recovery_gap = mean_r gap_r`` and ``recovery_gap_interval`` the percentile interval of the
+``gap_r`` over the same splits.
 """
 
 from __future__ import annotations
@@ -715,17 +720,26 @@ class FeatureRecoveryAuditor(Auditor):
     test samples a remaining party's embedding can carry the removed columns only through
     their correlation with its own). ``samples="all"`` adds the test samples.
 
+    * ``output``: the model's logits (``ModelEmbeddings.logits``, the top model's output):
+      does the top model still carry the removed columns' information? Read on the same
+      splits and against the same target as the other views, so its gap to retrain is paired
+      the same way. For kind ``party`` the original model's logits were computed with the
+      departed party's embedding, so they are expected to carry it; what matters is the
+      unlearned models' gap to retrain. Left out for a model without ``(n, C)`` logits.
+
     Output per model::
 
         {"fused": {"r2", "r2_interval", "recovery_gap", "recovery_gap_interval"},
          "parties": {pid: {...same keys...}},
+         "output": {...same keys...},
          "target": {"columns": m, "components": k, "explained_variance": ...},
          "samples": {"rows", "fit", "eval", "splits"},
          "excluded_party": pid or None}
 
     ``r2`` is the mean eval R^2 over the splits and ``r2_interval`` its percentile interval;
-    ``recovery_gap = r2(model) - r2(retrain)``, paired split by split, and its interval
-    (``None`` without a ``retrain`` model; 0 for ``retrain`` itself).
+    ``recovery_gap = mean_r(R^2_r(model) - R^2_r(retrain))``, paired split by split, and
+    ``recovery_gap_interval`` the percentile interval of those per-split gaps (``None``
+    without a ``retrain`` model; 0 and ``[0, 0]`` for ``retrain`` itself).
 
     Parameters
     ----------
@@ -817,6 +831,7 @@ class FeatureRecoveryAuditor(Auditor):
             )
         )
         res = {n: {k: next(results) for k in keys} for n in names}
+        output = self._output(data, names, rows, removed)
         first = res[names[0]]["fused"]
         out: dict[str, dict[str, Any]] = {}
         for n in names:
@@ -828,7 +843,38 @@ class FeatureRecoveryAuditor(Auditor):
                 "samples": {"rows": self.samples, "fit": first.n_fit, "eval": first.n_eval, "splits": self.repeats},
                 "excluded_party": excluded,
             }
+            if n in output:
+                out[n]["output"] = self._view(output[n], output.get(RETRAIN))
         return out
+
+    def _output(
+        self, data: AuditData, names: list[str], rows: np.ndarray, removed: np.ndarray
+    ) -> dict[str, RecoveryResult]:
+        """The same readout from each model's logits (the top model's output), on the same
+        splits and target as the embedding views (a separate call, so those stay as they are).
+        Models without logits of the audit samples are left out."""
+        n = len(data.labels)
+        with_logits = [
+            name
+            for name in names
+            if data.models[name].logits is not None
+            and np.ndim(data.models[name].logits) == 2
+            and np.shape(data.models[name].logits)[0] == n
+        ]
+        if not with_logits:
+            return {}
+        results = feature_recovery_many(
+            [np.asarray(data.models[name].logits)[rows] for name in with_logits],
+            removed,
+            eval_fraction=self.eval_fraction,
+            alpha=self.alpha,
+            n_components=self.n_components,
+            standardize_targets=self.standardize_targets,
+            repeats=self.repeats,
+            level=self.level,
+            seed=self.seed,
+        )
+        return dict(zip(with_logits, results, strict=True))
 
     @staticmethod
     def _views(name: str, model: ModelEmbeddings, kept: list[str], rows: np.ndarray) -> dict[str, np.ndarray]:

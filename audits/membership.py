@@ -43,6 +43,17 @@ on the *same* sample removes that per-sample difficulty::
 
 No shadow models are needed when a natural reference exists: the retrained model never saw
 the forget samples or the test samples, so its logits measure how hard each sample is.
+
+**Paired difference to a reference** (:func:`paired_auc_difference`): to judge how far a
+model's attack AUC is from the retrained model's, both AUCs are computed on every bootstrap
+resample of the same samples (the resamples of ``auc_ci``)::
+
+    diff    = AUC(model) - AUC(retrain)
+    delta_b = AUC_b(model) - AUC_b(retrain),   b = 1..B
+    interval = [q_{(1-c)/2}(delta), q_{(1+c)/2}(delta)]
+
+so the variation both share cancels; the retrained model against itself gets exactly
+``diff = 0`` and ``[0, 0]``.
 """
 
 from __future__ import annotations
@@ -58,12 +69,14 @@ from scipy.stats import rankdata
 from audits._arrays import feature_matrix, to_numpy
 
 __all__ = [
+    "AucDifference",
     "MembershipInference",
     "MembershipResult",
     "auc_by_ranks",
     "bootstrap_auc_ci",
     "membership_inference",
     "membership_scores",
+    "paired_auc_difference",
 ]
 
 Signal = Literal["loss", "entropy", "mentropy"]
@@ -238,11 +251,14 @@ def _weighted_aucs(pos: np.ndarray, neg: np.ndarray, w_pos: np.ndarray, w_neg: n
     return np.asarray(num / (wm.sum(axis=1) * wn.sum(axis=1)))
 
 
-def _bootstrap_cis(
-    vectors: Sequence[np.ndarray], is_member: np.ndarray, *, n_bootstrap: int, confidence: float, seed: int
-) -> list[tuple[float, float]]:
-    """Percentile intervals of several score vectors of the same samples, same resamples."""
-    _check_bootstrap(n_bootstrap, confidence)
+def _bootstrap_replicates(
+    vectors: Sequence[np.ndarray], is_member: np.ndarray, *, n_bootstrap: int, seed: int
+) -> list[np.ndarray]:
+    """Bootstrap AUCs ``(n_bootstrap,)`` of several score vectors of the same samples.
+
+    Replicate ``b`` of every vector uses the same resample (the draws depend only on the group
+    sizes, ``n_bootstrap`` and ``seed``), so replicates of two vectors are paired.
+    """
     groups = [_split_groups(np.asarray(s, dtype=np.float64), is_member) for s in vectors]
     n_m, n_u = groups[0][0].size, groups[0][1].size
     rng = np.random.default_rng(seed)
@@ -257,12 +273,22 @@ def _bootstrap_cis(
         for out, (pos, neg) in zip(aucs, groups):
             out.append(_weighted_aucs(pos, neg, w_pos, w_neg))
         done += b
+    return [np.concatenate(out) for out in aucs]
+
+
+def _percentile_interval(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
     alpha = (1.0 - confidence) / 2.0
-    result = []
-    for out in aucs:
-        lo, hi = np.quantile(np.concatenate(out), [alpha, 1.0 - alpha])
-        result.append((float(lo), float(hi)))
-    return result
+    lo, hi = np.quantile(replicates, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def _bootstrap_cis(
+    vectors: Sequence[np.ndarray], is_member: np.ndarray, *, n_bootstrap: int, confidence: float, seed: int
+) -> list[tuple[float, float]]:
+    """Percentile intervals of several score vectors of the same samples, same resamples."""
+    _check_bootstrap(n_bootstrap, confidence)
+    replicates = _bootstrap_replicates(vectors, is_member, n_bootstrap=n_bootstrap, seed=seed)
+    return [_percentile_interval(r, confidence) for r in replicates]
 
 
 def bootstrap_auc_ci(
@@ -300,6 +326,76 @@ def bootstrap_auc_ci(
     if s.ndim != 1:
         raise ValueError(f"scores must be 1-D, got shape {s.shape}")
     return _bootstrap_cis([s], to_numpy(is_member), n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)[0]
+
+
+@dataclass(frozen=True)
+class AucDifference:
+    """Paired difference of two attack AUCs on the same samples (see :func:`paired_auc_difference`).
+
+    Attributes
+    ----------
+    diff : float
+        ``AUC(scores) - AUC(reference_scores)``, in ``[-1, 1]``.
+    interval : tuple of float
+        Percentile bootstrap interval ``(low, high)`` of the paired replicate differences.
+    n : int
+        Member and non-member samples behind both AUCs.
+    """
+
+    diff: float
+    interval: tuple[float, float]
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"diff", "interval", "n"}``, the interval as a two-element list."""
+        return {"diff": self.diff, "interval": list(self.interval), "n": self.n}
+
+
+def paired_auc_difference(
+    scores: Any,
+    reference_scores: Any,
+    is_member: Any,
+    *,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> AucDifference:
+    """AUC difference of two score vectors of the same samples, with a paired bootstrap interval.
+
+    ``diff = AUC(scores) - AUC(reference_scores)`` (:func:`auc_by_ranks`). Each bootstrap
+    replicate ``b`` resamples members and non-members exactly as :func:`bootstrap_auc_ci` does
+    with the same ``seed`` and ``n_bootstrap`` (so its resamples are those behind
+    ``MembershipResult.auc_ci``) and scores *both* vectors on it,
+    ``delta_b = AUC_b(scores) - AUC_b(reference_scores)``; the interval is the percentile
+    interval of the ``delta_b`` at ``confidence``. Pairing cancels the sampling variation both
+    AUCs share: identical vectors give ``diff = 0`` and the interval ``[0, 0]``.
+
+    Parameters
+    ----------
+    scores, reference_scores : array-like of shape (n,)
+        Membership scores of the same samples (e.g. :func:`membership_scores` of an audited
+        model and of the retrained one).
+    is_member : array-like of shape (n,)
+        1 (or True) for members.
+    n_bootstrap, confidence, seed
+        As in :func:`bootstrap_auc_ci`.
+
+    Returns
+    -------
+    AucDifference
+    """
+    _check_bootstrap(n_bootstrap, confidence)
+    s = np.asarray(to_numpy(scores), dtype=np.float64)
+    r = np.asarray(to_numpy(reference_scores), dtype=np.float64)
+    if s.ndim != 1 or s.shape != r.shape:
+        raise ValueError(f"scores and reference_scores must be 1-D of one length, got {s.shape} and {r.shape}")
+    m = to_numpy(is_member)
+    a, b = _bootstrap_replicates([s, r], m, n_bootstrap=n_bootstrap, seed=seed)
+    return AucDifference(
+        diff=auc_by_ranks(s, m) - auc_by_ranks(r, m),
+        interval=_percentile_interval(a - b, confidence),
+        n=int(s.size),
+    )
 
 
 def _group_mask(group: Any, n: int, member: Any, nonmember: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -45,6 +45,7 @@ Beyond the reference protocol (which reports one split without uncertainty):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -868,6 +869,10 @@ class ClassRecoveryResult:
         Number of forgotten-class test samples scored.
     ncm_metric : str
         ``"cosine"`` or ``"euclidean"``.
+    probe_hits : ndarray of bool, shape (n_forget_test,), or None
+        Whether the probe classifies each forgotten-class test sample correctly, in test
+        order (``probe_accuracy`` is their mean), for pairing with another model's probe on
+        the same samples; not serialized by :meth:`to_dict`.
     """
 
     probe_accuracy: float
@@ -876,6 +881,7 @@ class ClassRecoveryResult:
     retain_probe_accuracy: float
     n_forget_test: int
     ncm_metric: str
+    probe_hits: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain ``dict``, ready for JSON."""
@@ -980,7 +986,8 @@ def forgotten_class_recovery(
     scaler = StandardScaler().fit(x_tr)
     clf = LogisticRegression(C=C, solver="lbfgs", max_iter=int(max_iter)).fit(scaler.transform(x_tr), y_tr)
     pred = clf.predict(scaler.transform(x_te))
-    probe_acc = float(np.mean(pred[is_f] == y_te[is_f]))
+    hits = np.asarray(pred[is_f] == y_te[is_f])
+    probe_acc = float(np.mean(hits))
     retain_acc = float(np.mean(pred[~is_f] == y_te[~is_f])) if (~is_f).any() else float("nan")
 
     means = np.stack([x_tr[y_tr == c].mean(axis=0) for c in classes])
@@ -1007,4 +1014,5 @@ def forgotten_class_recovery(
         retain_probe_accuracy=retain_acc,
         n_forget_test=int(is_f.sum()),
         ncm_metric=ncm_metric,
+        probe_hits=hits,
     )

@@ -28,12 +28,23 @@ For every model, on the fused embedding and on each party's own embedding:
   arXiv 2606.25001): residual of the best linear map onto retrain's embedding, on forgotten
   and on held-out retained samples, and the share of it in retrain's top principal directions
   (:mod:`audits.consistency`).
-- ``layers``: LPR and its gap to ``retrain`` at every named layer of every party's bottom
-  model before the embedding (pooled activations, gathered with the embeddings), on split 0.
+- ``layers``: ``{party: {layer: {"lpr", "lpr_gap", "lpr_mean", "lpr_gap_mean",
+  "lpr_gap_interval"}}}``, LPR and its gap to ``retrain`` at every named layer of every
+  party's bottom model before the embedding (pooled activations, gathered with the
+  embeddings). ``lpr`` and ``lpr_gap`` are split 0; ``lpr_mean`` is the mean of ``LPR_r`` over
+  the same ``repeats`` stratified splits as the fused view, ``lpr_gap_mean`` the mean and
+  ``lpr_gap_interval`` the 95 % percentile interval ``[low, high]`` of the paired per-split gaps
+  ``gap_r = LPR_r(model) - LPR_r(retrain)`` at the same layer (``None`` without retrain;
+  ``[0, 0]`` for retrain itself).
 - ``class_recovery`` (class requests, fused embedding): a multi-class probe trained on the
   training embeddings of every class, its accuracy on the forgotten classes' test samples next
   to the model's own output accuracy and a nearest-class-mean rule ("An Illusion of
-  Unlearning?", arXiv 2604.08271).
+  Unlearning?", arXiv 2604.08271). With ``retrain`` among the models,
+  ``class_recovery.vs_retrain = {"diff", "interval", "n"}`` pairs ``probe_accuracy`` with
+  retrain's probe sample by sample: ``d_i = hit_model_i - hit_retrain_i`` over the ``n``
+  forgotten-class test samples, ``diff = probe_accuracy(model) - probe_accuracy(retrain)``,
+  ``interval = diff -/+ 1.96 sd(d) / sqrt(n)`` (``ddof=1``; ``[diff, diff]`` when ``sd(d) = 0``
+  or ``n = 1``), clipped to ``[-1, 1]`` (:func:`audits.output.paired_accuracy_difference`).
 
 Every probe of one audit shares the same stratified splits, so models and parties are compared
 on identical samples.
@@ -48,7 +59,8 @@ import numpy as np
 from audits.base import AuditData, Auditor, register_auditor
 from audits.cka import linear_cka
 from audits.consistency import retrain_consistency
-from audits.probe import ProbeCI, forgotten_class_recovery, paired_gap, probe_many, probe_many_ci
+from audits.output import paired_accuracy_difference
+from audits.probe import ProbeCI, forgotten_class_recovery, paired_gap, probe_many_ci
 from audits.separability import fisher_ratio, forget_silhouette, knn_purity
 
 ORIGINAL, RETRAIN = "original", "retrain"
@@ -123,21 +135,38 @@ class RepresentationAuditor(Auditor):
 
     def _layers(self, data: AuditData, rows: np.ndarray, is_forget: np.ndarray) -> dict[str, Any]:
         """LPR at every named layer of every party's bottom model, and its gap to retrain at
-        the same layer; one split (split 0 of the intervals) for all of them."""
+        the same layer, over the same ``repeats`` splits as the views: ``lpr`` and ``lpr_gap``
+        on split 0, means and the paired gap's interval over all splits."""
         keys = [(pid, layer) for pid, d in next(iter(data.models.values())).layers.items() for layer in d]
         if not keys:
             return {}
         names = [n for n, m in data.models.items() if all(layer in m.layers.get(pid, {}) for pid, layer in keys)]
         flat = [data.models[n].layers[pid][layer][rows] for n in names for pid, layer in keys]
-        results = iter(probe_many(flat, is_forget, eval_fraction=self.eval_fraction, C=self.C, seed=self.seed))
-        lpr = {n: {key: next(results).balanced_accuracy for key in keys} for n in names}
+        # One call: every (model, layer) pair on the same splits; repeat 0 is the probe_many split.
+        results = iter(
+            probe_many_ci(
+                flat,
+                is_forget,
+                n_repeats=self.repeats,
+                eval_fraction=self.eval_fraction,
+                C=self.C,
+                seed=self.seed,
+            )
+        )
+        probes = {n: {key: next(results) for key in keys} for n in names}
         out: dict[str, Any] = {}
         for n in names:
             per_party: dict[str, dict[str, Any]] = {}
             for pid, layer in keys:
-                value = lpr[n][(pid, layer)]
-                gap = value - lpr[RETRAIN][(pid, layer)] if RETRAIN in lpr else None
-                per_party.setdefault(pid, {})[layer] = {"lpr": value, "lpr_gap": gap}
+                p = probes[n][(pid, layer)]
+                gap = paired_gap(p, probes[RETRAIN][(pid, layer)]).balanced_accuracy_gap if RETRAIN in probes else None
+                per_party.setdefault(pid, {})[layer] = {
+                    "lpr": p.balanced_accuracy.values[0],
+                    "lpr_gap": None if gap is None else gap.values[0],
+                    "lpr_mean": p.balanced_accuracy.mean,
+                    "lpr_gap_mean": None if gap is None else gap.mean,
+                    "lpr_gap_interval": None if gap is None else [gap.low, gap.high],
+                }
             out[n] = per_party
         return out
 
@@ -192,10 +221,10 @@ class RepresentationAuditor(Auditor):
         train = data.mask("retain_train") | data.mask("forget_train")
         test = data.mask("test")
         classes = sorted({int(c) for c in data.labels[data.forget]})
-        out: dict[str, dict[str, Any]] = {}
+        results = {}
         for name, m in data.models.items():
             fused = m.fused
-            result = forgotten_class_recovery(
+            results[name] = forgotten_class_recovery(
                 fused[train],
                 data.labels[train],
                 fused[test],
@@ -204,5 +233,10 @@ class RepresentationAuditor(Auditor):
                 test_logits=m.logits[test],
                 C=self.C,
             )
+        out: dict[str, dict[str, Any]] = {}
+        for name, result in results.items():
             out[name] = result.to_dict()
+            if RETRAIN in results:
+                # Same forgotten-class test samples in the same order for every model.
+                out[name]["vs_retrain"] = paired_accuracy_difference(result.probe_hits, results[RETRAIN].probe_hits)
         return out
