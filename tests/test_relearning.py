@@ -20,21 +20,25 @@ from audits.relearning import (
 from server.coordinator import ORIGINAL, UnlearningCoordinator, resolve_forget_request
 from server.methods import build_method
 from server.relearning import (
+    DEFAULT_HEAD_STEPS,
+    PHASES,
     RelearningCurve,
     RelearningSplit,
     default_attack_optim,
+    default_head_optim,
     relearning_attack,
     relearning_curves,
     relearning_split,
 )
 from server.server import Server
 from tests.conftest import record_requests, small_config, trained
-from vfl_sim.config import ForgetConfig
+from vfl_sim.config import ForgetConfig, RelearningConfig
 from vfl_sim.experiment import Experiment, prepare
 from vfl_sim.protocol import Backward, Embed
 from vfl_sim.seeding import derive_seed
 
 SUPPRESSED = "suppressed"
+MASKED = "masked"
 
 
 @dataclass
@@ -72,7 +76,22 @@ def setup() -> Setup:
     return s
 
 
-def _attack(s: Setup, model: str, *, update_parties: bool, seed: int = 0, steps: int = 10) -> RelearningCurve:
+@pytest.fixture(scope="module")
+def masked(setup: Setup) -> Setup:
+    """``setup`` plus ``masked``: the original with the forgotten class's output row masked
+    (weight row 0, bias -1e4), an output-only edit that no few SGD steps undo."""
+    server, c = setup.server, setup.exp.forget.classes[0]
+    server.load_state(ORIGINAL)
+    with torch.no_grad():
+        server.top.classifier.weight[c] = 0.0
+        server.top.classifier.bias[c] = -1e4
+    server.save_state(MASKED)
+    return setup
+
+
+def _attack(
+    s: Setup, model: str, *, update_parties: bool, seed: int = 0, steps: int = 10, reset_head: bool = False
+) -> RelearningCurve:
     return relearning_attack(
         s.server,
         model,
@@ -81,6 +100,7 @@ def _attack(s: Setup, model: str, *, update_parties: bool, seed: int = 0, steps:
         s.split.retain_eval_ids,
         steps=steps,
         update_parties=update_parties,
+        reset_head=reset_head,
         seed=seed,
     )
 
@@ -328,3 +348,99 @@ def test_top_only_phase_asks_the_parties_once_and_matches_the_round_by_round_att
         server.load_state(SUPPRESSED)
     assert curve.forget_acc == pytest.approx(forget, abs=1e-12)
     assert curve.loss == pytest.approx(losses, rel=1e-6)
+
+
+# -- the head-reset phase ----------------------------------------------------------------------
+
+
+def test_head_reset_recovers_a_masked_output_row_that_top_and_full_do_not(masked: Setup) -> None:
+    """Known answer: a masked output row hides the class from ``top`` and ``full`` (SGD at lr
+    0.01 cannot move a bias of -1e4); the head phase replaces the layer the mask is in, so the
+    masked model's head curve is the original's after step 0 and the class comes back."""
+    curves = relearning_curves(masked.server, [MASKED, ORIGINAL, "retrain"], masked.split, seed=0)
+    assert list(curves) == ["top", "full", "head"]  # every phase by default
+    for phase in ("top", "full"):
+        assert max(curves[phase][MASKED].forget_acc) == 0.0, phase
+    head, original, retrain = (curves["head"][m] for m in (MASKED, ORIGINAL, "retrain"))
+    assert head.steps == list(range(DEFAULT_HEAD_STEPS + 1)) and len(head.loss) == DEFAULT_HEAD_STEPS
+    assert head.forget_acc[0] == 0.0  # step 0: the model as unlearned, the mask still there
+    assert head.forget_acc[0] == curves["top"][MASKED].forget_acc[0]
+    assert head.retain_acc[0] == curves["top"][MASKED].retain_acc[0]
+    summary = compare_relearning(head, retrain)
+    assert summary.final_forget_acc >= 0.5 and summary.steps_to_recover is not None, head
+    assert summary.final_retain_acc is not None and summary.final_retain_acc > retrain.retain_acc[0] - 0.1
+    # By construction: the same features, the same fresh layer, the same fit.
+    assert head.forget_acc[1:] == original.forget_acc[1:] and head.retain_acc[1:] == original.retain_acc[1:]
+    assert head.loss == original.loss
+    assert head.loss[-1] < head.loss[0] / 10  # the fresh layer fits the attack set
+
+
+def test_head_reset_reports_retrains_curve(masked: Setup) -> None:
+    """``retrain``'s head-phase curve is recorded at the same steps, so it is the reference of
+    the summaries. What it reaches is a property of the features: on digits retrain's features
+    separate digit 0 too (0.8 or more at the end on the seeds tried), so only the direction of
+    the speed gap is asserted (+0.07 to +0.22 on the seeds tried), not its size."""
+    curves = relearning_curves(masked.server, [MASKED, "retrain"], masked.split, phases=["head"], seed=0)
+    assert list(curves) == ["head"]
+    retrain = curves["head"]["retrain"]
+    assert retrain.steps == curves["head"][MASKED].steps
+    assert retrain.forget_acc[0] < 0.05  # never learned the class
+    assert retrain.loss[-1] < retrain.loss[0] / 10  # fitted here too
+    summary = compare_relearning(curves["head"][MASKED], retrain)
+    d = summary.to_dict()
+    assert d["reference_area"] is not None and d["reference_final_retain_acc"] is not None
+    assert summary.area_gap is not None and summary.area_gap > 0, summary
+
+
+def test_head_reset_leaves_no_trace_and_asks_the_parties_once(masked: Setup) -> None:
+    server = masked.server
+    names = sorted(server.states)
+    before = {name: server.digests(name) for name in names}
+    rng = torch.get_rng_state()
+    server.load_state(ORIGINAL)  # something else current: the attack must end on its own model
+    seen = record_requests(server)
+    for model in (MASKED, "retrain"):
+        curve = _attack(masked, model, update_parties=False, reset_head=True, steps=5)
+        assert curve.loss[0] != curve.loss[-1]  # the layer did move before the reload
+        assert {name: server.digests(name) for name in names} == before
+        assert server.digests() == before[model]
+        assert server.optimizer is None
+        assert all(p.requires_grad for p in server.top.parameters())
+        for party in server.transport.parties.values():  # type: ignore[attr-defined]
+            assert party.optimizer is None
+            assert all(p.requires_grad for p in party.bottom.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
+    first = server.party_ids[0]
+    assert not [r for _, r in seen if isinstance(r, Backward) or (isinstance(r, Embed) and r.train)]
+    assert len([r for pid, r in seen if isinstance(r, Embed) and pid == first]) == 2 * 2  # 2 per attack
+
+
+def test_head_reset_is_seeded_by_the_attack_seed(masked: Setup) -> None:
+    """The fresh layer is drawn from the attack seed, not from the global random state."""
+    first = _attack(masked, MASKED, update_parties=False, reset_head=True, steps=3)
+    torch.rand(3)
+    again = _attack(masked, MASKED, update_parties=False, reset_head=True, steps=3)
+    other = _attack(masked, MASKED, update_parties=False, reset_head=True, steps=3, seed=1)
+    assert first.loss == again.loss and first.forget_acc == again.forget_acc
+    assert other.loss != first.loss
+
+
+def test_head_phase_spec_config_and_arguments(setup: Setup) -> None:
+    assert PHASES["head"].reset_head and not PHASES["head"].update_parties
+    assert not PHASES["top"].reset_head and not PHASES["full"].reset_head and PHASES["full"].update_parties
+    assert default_head_optim().optimizer == "adam" and default_head_optim().weight_decay == 0.0
+    cfg = RelearningConfig()
+    assert cfg.phases == ["top", "full", "head"] and cfg.head_steps == DEFAULT_HEAD_STEPS
+    assert RelearningConfig(phases=["head"]).phases == ["head"]
+    with pytest.raises(ValueError, match="each of top, full and head at most once"):
+        RelearningConfig(phases=["head", "head"])
+    with pytest.raises(ValueError, match="head_steps"):
+        RelearningConfig(head_steps=0)
+    with pytest.raises(ValueError, match="update_parties must be False"):
+        _attack(setup, ORIGINAL, update_parties=True, reset_head=True)
+    short = relearning_curves(
+        setup.server, [ORIGINAL], setup.split, phases=["top", "head"], steps=2, head_steps=3, seed=0
+    )
+    assert short["top"][ORIGINAL].steps == [0, 1, 2] and short["head"][ORIGINAL].steps == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="unknown relearning phase 'tail'"):
+        relearning_curves(setup.server, [ORIGINAL], setup.split, phases=["tail"], seed=0)
