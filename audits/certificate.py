@@ -1,57 +1,84 @@
-"""The forgetting certificate: three independent verdicts per model, and its place in the trilemma.
+"""The forgetting certificate: three verdicts per model, backed by controls, calibrated
+tolerances and intervals, and the model's place in the trilemma.
 
 Removing information from a model and suppressing it at the output are different claims
 (Cooper et al., "Machine Unlearning Doesn't Do What You Think", arXiv 2412.06966): a model can
 answer as if it never saw a class while its representations still hold it (the "forgetting
 gap" of Mirage, arXiv 2605.20282; the feature-classifier misalignment of "An Illusion of
 Unlearning?", arXiv 2604.08271). So the certificate never adds them up into one score. Each
-model gets three verdicts, each ``pass``, ``fail`` or ``n/a`` with the checks behind it:
+model gets three verdicts, each ``pass``, ``fail``, ``inconclusive`` or ``n/a``, with every
+check behind it.
 
-**utility**: retained test accuracy ``acc_r >= acc_r(retrain) - utility`` (one-sided: doing
-better than retrain is not a fault). Without a retrained model the original is the reference.
+**Checks.** A check measures how far a statistic ``x`` of the audited model deviates from the
+reference ``r`` (the retrained model's value), in one of three senses:
 
-**output forgetting** (suppression), each ``|x - x(retrain)| <= tolerance`` (two-sided:
-forgetting *more* than retrain also marks the forgotten samples, the "Streisand effect"):
+- ``upper`` (``d = x - r``: an LPR gap, recovery above retrain's),
+- ``lower`` (``d = r - x``: utility below retrain's),
+- ``two`` (``d = |x - r|``: forgotten accuracy and membership either side of retrain's; forgetting
+  *more* than retrain also marks the forgotten samples).
 
-- class requests: forgotten test accuracy and forgotten train accuracy (``forget_accuracy``);
-- sample requests: forgotten train accuracy (``forget_accuracy``);
-- both: the loss-threshold membership AUC of forgotten training samples against unseen test
-  samples (``membership_auc``); also passed when retrain's AUC lies inside the model's bootstrap
-  interval (a few dozen unseen samples move the AUC by several points).
+Where the audit has an interval of ``x`` (paired with retrain on the same samples or splits:
+LPR gaps over the probe splits, fused, per party and per layer; accuracy differences over the
+same samples; the membership AUC difference over the same bootstrap resamples; feature
+recovery over its splits), ``d_hi`` is the deviation at the interval's far end. With tolerance
+``t`` the check
 
-Without retrain the references are what a model that never saw the data gives by
-construction: accuracy 0 on a forgotten class, the model's own test accuracy on forgotten
-samples, and AUC 0.5; and the reference-free audit (:mod:`audits.reference_free`, arXiv
-2606.16110) must pass: the model's predictions on the forget set agree with verification models
-trained on retained data alone as much as an ignorant model's would.
+- **fails** when the point deviation ``d > t`` (a difference was seen; that needs no power),
+- **passes** only when the whole interval is within tolerance, ``d_hi <= t``,
+- is **inconclusive** otherwise (``d <= t < d_hi``: the run cannot tell).
 
-A party request forgets no samples; its output check is that the model no longer reads the
-party: at most ``party_dependence`` of the predictions may change when the departed party's
-embedding is shuffled across samples. A feature request has no output check (``n/a``).
+A *supporting* check (the membership attack of a class request, where the forgotten-class
+accuracy is the decisive output test and a few dozen samples leave the attack's interval wide)
+fails its verdict like any check, but when undecided it leaves the verdict to the others
+(the verdict's note names it).
 
-**representation forgetting** (removal), against ``retrain`` only (``n/a`` without it, since
-absolute probe scores are not informative: a retrained model can still separate a class it
-never saw):
+Its *minimum detectable effect* is ``t`` plus the interval's half width: a true deviation
+that large fails the check whatever the split noise.
 
-- mean LPR gap over the probe splits, of the fused embedding and of every party's own
-  embedding: ``mean_r(LPR_r(model) - LPR_r(retrain)) <= lpr_gap``;
-- at every named layer of every party's bottom model: ``LPR gap <= layer_lpr_gap``;
-- class requests: ``CKA(model, retrain) >= CKA(model, original)`` (centered linear CKA of the
-  fused embedding: structurally closer to the model that never saw the class), and the
-  multi-class probe's accuracy on forgotten-class test samples
-  ``<= probe_accuracy(retrain) + class_recovery``; and, when the relearning attack ran, for each
-  phase the mean forgotten accuracy over the attack at most ``relearning_gap`` above retrain's
-  (information an attacker gets back in a few steps is still in the parameters: Golatkar et
-  al., CVPR 2020);
-- party and feature requests: the gap of the removed columns' linear recovery (R^2), fused and
-  per party, ``<= feature_recovery_gap`` (:mod:`audits.feature_recovery`).
+**Tolerances.** With calibration retrains (:mod:`server.controls`, ``audit.calibration``),
+the tolerance of a check is the ``quantile`` (``method="higher"``: with two retrains, the
+larger) of the calibration retrains' ``d_hi``, that is of the spread of models that never saw
+the data, never below the floor in ``audit.certificate``; without them the floors apply. The
+report says for every check which tolerance it used and where it came from.
 
-A verdict passes when all of its checks pass; a check whose value is missing is not run, and
-a verdict with no check is ``n/a`` with the reason. The tolerances are
-:class:`~vfl_sim.config.CertificateThresholds` (``audit.certificate`` in a config).
+**Verdicts.** ``fail`` if a check fails; else ``inconclusive`` if one is; else ``pass``;
+``n/a`` when nothing could be checked.
+
+- **utility**: retained test accuracy, ``lower``, tolerance ``utility``.
+- **output forgetting** (suppression): class requests, forgotten test and train accuracy;
+  sample requests, forgotten train accuracy (``forget_accuracy``); both, the loss-threshold
+  membership AUC of forgotten training samples against unseen ones (``membership_auc``).
+  Without retrain the references are what a model that never saw the data gives by
+  construction (accuracy 0 on a forgotten class, the model's test accuracy on forgotten
+  samples, AUC 0.5), plus the reference-free audit (:mod:`audits.reference_free`, arXiv
+  2606.16110). A party request's output check is that at most ``party_dependence`` of the
+  predictions change when the departed party's embedding is shuffled; a feature request has
+  none (``n/a``).
+- **representation forgetting** (removal), against ``retrain`` only (``n/a`` without it):
+  mean LPR gap (over the probe splits) of the fused and of every party's embedding
+  (``lpr_gap``) and at every bottom-model layer (``layer_lpr_gap``); class requests also
+  ``CKA(model, original) - CKA(model, retrain) <= 0`` (structurally closer to the model that
+  never saw the class; floor 0, calibrated: an independently seeded retrain lands about as
+  close to the original as to ``retrain``, on either side), the multi-class probe's accuracy on forgotten-class
+  test samples (``class_recovery``), and per relearning phase the mean forgotten accuracy over
+  the attack above retrain's (``relearning_gap``; Golatkar et al., CVPR 2020); party and
+  feature requests: the R^2 gap of the removed columns' recovery from the fused, every
+  party's and the output view (``feature_recovery_gap``).
+
+**Controls and power.** A pass is evidence only where the check could have failed. The
+negative control (``original`` for the output verdict; for the representation verdict
+``original`` for class and sample requests and ``cut_only`` for party and feature requests)
+must fail a verdict, and for class requests the known-suppression control ``output_mask``
+must fail representation forgetting. Where a control does not fail a verdict, that verdict has
+no power on this run: every ``pass`` of it becomes ``inconclusive``, with the reason and what
+would give power. Failures stay failures.
+
+**Diverged models.** A model with a non-finite weight, embedding or output is never
+certified: its verdicts are ``n/a`` and its region ``diverged``. A diverged ``retrain`` is no
+reference; a diverged negative control shows no power.
 
 **Trilemma** (Mirage: no published method reaches high utility, output forgetting and
-representation forgetting at once): each model is placed by its three verdicts:
+representation forgetting at once), by the three verdicts:
 
 ========================  =========  ======  ==============  ======================================
 region                    utility    output  representation  meaning
@@ -64,28 +91,45 @@ region                    utility    output  representation  meaning
 ``destructive``           fail       pass    fail            suppresses by breaking the model
 ``failed``                fail       fail    any             neither useful nor forgetting
 ``unverified``            any        any     n/a             no removal claim can be made
+``inconclusive``          any        either is inconclusive  the run cannot place the model
+``structural_removal``    pass       pass    inconclusive    party/feature: the cut, nothing shown
+``diverged``              -          -       -               non-finite weights, embeddings or outputs
 ========================  =========  ======  ==============  ======================================
 
-For feature requests (no output check) the regions are ``removal``, ``no_forgetting``,
-``destructive_removal`` and ``failed``, by utility and representation alone; a party request's
-output check is its party dependence (the untouched original, which still reads the party, is
-an ``output_leak`` when its remaining embeddings hold no more of the party's columns than
-retrain's).
-Only ``removal`` and ``destructive_removal`` claim removal, and only with a representation pass.
+For feature requests (no output check) the regions follow utility and representation alone;
+for party and feature requests a representation verdict that the run cannot decide (the cut
+alone passes it) is ``structural_removal``: the model no longer reads the data, and nothing
+shows it removed more. Only ``removal`` and ``destructive_removal`` claim removal, and only
+with a representation pass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
+
+import numpy as np
 
 from vfl_sim.config import CertificateThresholds
 
-__all__ = ["Certificate", "CertificateThresholds", "Check", "Verdict", "certify", "trilemma_region"]
+__all__ = [
+    "Certificate",
+    "CertificateThresholds",
+    "Certification",
+    "Check",
+    "Measurement",
+    "Tolerance",
+    "Verdict",
+    "certify",
+    "certify_run",
+    "trilemma_region",
+]
 
-Status = Literal["pass", "fail", "n/a"]
+Status = Literal["pass", "fail", "inconclusive", "n/a"]
+Sided = Literal["upper", "lower", "two"]
 ORIGINAL, RETRAIN = "original", "retrain"
+KINDS = ("class", "samples", "party", "features")
 
 CLAIMS = {
     "removal": "keeps utility and forgets at the output and in its representations",
@@ -96,40 +140,151 @@ CLAIMS = {
     "destructive": "suppresses the forgotten data at the output at the cost of utility; its representations keep it",
     "failed": "loses utility and does not forget",
     "unverified": "representation forgetting was not audited: no removal claim",
+    "inconclusive": "the audits of this run cannot tell whether it forgot: no removal claim",
+    "structural_removal": "no longer reads the removed data; the audits cannot show that it removed more than the cut",
+    "diverged": "its weights, embeddings or outputs are not finite: not certified",
+}
+
+_ADVICE = {
+    "class": "more test samples of the forgotten classes (data.test_fraction, audit.max_samples) "
+    "or a longer-trained original (train.epochs)",
+    "samples": "a larger forget request, more audit samples (audit.max_samples) or a longer-trained original "
+    "(train.epochs), so that the original remembers its training samples measurably",
+    "party": "a party whose columns the others do not already carry, or more audit samples",
+    "features": "columns that the rest of the party does not already carry, or more audit samples",
 }
 
 
 @dataclass(frozen=True)
+class Measurement:
+    """One statistic of one model, before it is judged.
+
+    Attributes
+    ----------
+    name
+        The check, e.g. ``lpr_gap.fused``; the same name across models.
+    what
+        Readable description for the evidence line.
+    value, reference
+        The model's statistic and the reference's.
+    sided
+        ``upper`` (``d = value - reference``), ``lower`` (``reference - value``) or ``two``
+        (``|value - reference|``).
+    floor
+        The configured tolerance (the floor under a calibrated one).
+    interval
+        95 % interval of ``value`` (paired with the reference where the audit pairs), or ``None``.
+    pct
+        Show the numbers as percentages.
+    calibrate
+        Whether the calibration retrains may widen the tolerance.
+    supporting
+        A supporting check can fail its verdict but, undecided, does not hold it back (module
+        docstring).
+    """
+
+    name: str
+    what: str
+    value: float
+    reference: float
+    sided: Sided
+    floor: float
+    interval: tuple[float, float] | None = None
+    pct: bool = False
+    calibrate: bool = True
+    supporting: bool = False
+
+    def deviation(self) -> float:
+        """``d`` at the point estimate."""
+        return _deviation(self.sided, self.value, self.reference)
+
+    def far_deviation(self) -> float:
+        """``d_hi``: the deviation at the interval's far end (the point's without an interval)."""
+        if self.interval is None:
+            return self.deviation()
+        return max(_deviation(self.sided, v, self.reference) for v in self.interval)
+
+    def half_width(self) -> float:
+        return 0.0 if self.interval is None else (self.interval[1] - self.interval[0]) / 2
+
+
+def _deviation(sided: Sided, value: float, reference: float) -> float:
+    if sided == "upper":
+        return value - reference
+    if sided == "lower":
+        return reference - value
+    return abs(value - reference)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """The tolerance of one check on this run: ``value``, and ``source`` ``calibrated`` (the
+    calibration retrains' spread, ``null``, was above the floor), ``floor`` (it was not) or
+    ``configured`` (no calibration)."""
+
+    value: float
+    source: str
+    floor: float
+    null: tuple[float, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tolerance": self.value, "source": self.source, "floor": self.floor, "null": list(self.null)}
+
+
+@dataclass(frozen=True)
 class Check:
-    """One test of a verdict.
+    """One judged check of a verdict.
 
     Attributes
     ----------
     name
         What is measured, e.g. ``lpr_gap.fused`` or ``forget_test_acc``.
-    passed
-        Whether ``value`` meets ``rule``.
+    status
+        ``pass``, ``fail`` or ``inconclusive`` (module docstring).
     value, reference
-        The audited model's value and the reference it is compared with (``None``: none).
+        The audited model's value and the reference it is compared with.
     rule
-        The pass condition with its threshold, e.g. ``<= +0.050``.
+        The pass condition, with the tolerance.
     evidence
         One readable line with the numbers behind the decision.
+    tolerance, tolerance_source
+        The tolerance used and where it came from.
+    interval
+        The value's interval (``None``: a point check).
+    mde
+        Minimum detectable effect: the deviation that fails the check whatever the noise.
+    supporting
+        Whether an undecided result of it leaves the verdict to the other checks.
     """
 
     name: str
-    passed: bool
+    status: Status
     value: float | None
     reference: float | None
     rule: str
     evidence: str
+    tolerance: float | None = None
+    tolerance_source: str | None = None
+    interval: tuple[float, float] | None = None
+    mde: float | None = None
+    supporting: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "status": self.status,
             "passed": self.passed,
             "value": self.value,
             "reference": self.reference,
+            "interval": None if self.interval is None else list(self.interval),
+            "tolerance": self.tolerance,
+            "tolerance_source": self.tolerance_source,
+            "mde": self.mde,
+            "supporting": self.supporting,
             "rule": self.rule,
             "evidence": self.evidence,
         }
@@ -145,14 +300,29 @@ class Verdict:
 
     @classmethod
     def of(cls, checks: list[Check], *, note: str | None = None, empty: str = "nothing to check") -> Verdict:
-        """``pass`` if every check passed, ``fail`` if one did, ``n/a`` (with ``empty``) if none ran."""
+        """``fail`` if a check failed, else ``inconclusive`` if a primary check is, else
+        ``pass``; ``n/a`` (with ``empty``) if none ran."""
         if not checks:
             return cls("n/a", (), empty)
-        return cls("pass" if all(c.passed for c in checks) else "fail", tuple(checks), note)
+        undecided = [c for c in checks if c.status == "inconclusive"]
+        if any(c.status == "fail" for c in checks):
+            status: Status = "fail"
+        elif any(not c.supporting for c in undecided):
+            status = "inconclusive"
+        else:
+            status = "pass"
+            if undecided:
+                named = ", ".join(c.name for c in undecided)
+                note = _join(note, f"undecided supporting checks ({named}) leave the verdict to the others")
+        return cls(status, tuple(checks), note)
 
     @property
     def failed(self) -> list[Check]:
-        return [c for c in self.checks if not c.passed]
+        return [c for c in self.checks if c.status == "fail"]
+
+    @property
+    def inconclusive(self) -> list[Check]:
+        return [c for c in self.checks if c.status == "inconclusive"]
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "note": self.note, "checks": [c.to_dict() for c in self.checks]}
@@ -166,6 +336,7 @@ class Certificate:
     output_forgetting: Verdict
     representation_forgetting: Verdict
     trilemma: str
+    diverged: str | None = None
 
     @property
     def claim(self) -> str:
@@ -184,15 +355,40 @@ class Certificate:
             "trilemma": self.trilemma,
             "claim": self.claim,
             "removal": self.removal,
+            "diverged": self.diverged,
         }
 
 
-def trilemma_region(utility: Status, output: Status, representation: Status) -> str:
+@dataclass(frozen=True)
+class Certification:
+    """Every model's certificate, the tolerances used, and whether each verdict had power.
+
+    ``power`` maps ``output_forgetting`` and ``representation_forgetting`` to what the controls
+    showed: ``{"powered": bool, "controls": {name: status}, "reason": str | None}``.
+    """
+
+    certificates: dict[str, Certificate]
+    tolerances: dict[str, Tolerance] = field(default_factory=dict)
+    power: dict[str, dict[str, Any]] = field(default_factory=dict)
+    calibration: tuple[str, ...] = ()
+
+    def tolerances_dict(self) -> dict[str, Any]:
+        return {name: t.to_dict() for name, t in sorted(self.tolerances.items())}
+
+
+def trilemma_region(utility: Status, output: Status, representation: Status, *, data_of_a_party: bool = False) -> str:
     """The trilemma region of three verdicts (table in the module docstring); ``output``
-    ``n/a`` means a request with nothing to suppress (party and feature requests)."""
+    ``n/a`` means a request with nothing to suppress (feature requests). ``data_of_a_party``:
+    a party or feature request, whose undecidable representation verdict is
+    ``structural_removal``."""
     if representation == "n/a":
         return "unverified"
-    useful, removed = utility != "fail", representation == "pass"
+    useful = utility != "fail"
+    if data_of_a_party and representation == "inconclusive" and output in ("pass", "n/a") and useful:
+        return "structural_removal"
+    if "inconclusive" in (output, representation):
+        return "inconclusive"
+    removed = representation == "pass"
     if output == "n/a":
         return (
             ("removal" if removed else "no_forgetting") if useful else ("destructive_removal" if removed else "failed")
@@ -204,275 +400,430 @@ def trilemma_region(utility: Status, output: Status, representation: Status) -> 
     return "destructive_removal" if removed else "destructive"
 
 
-# -- checks ------------------------------------------------------------------------------------
+# -- measurements ------------------------------------------------------------------------------
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:.1f}%"
-
-
-def _at_most(name: str, value: Any, reference: float, tol: float, what: str, *, pct: bool = False) -> Check | None:
-    """``value <= reference + tol`` (``None`` when there is no value)."""
-    if value is None:
+def _paired(section: Mapping[str, Any] | None, key: str, reference: float) -> tuple[float, float] | None:
+    """The value's interval from a paired ``vs_retrain`` difference: ``reference + [lo, hi]``."""
+    entry = (section or {}).get("vs_retrain", {}).get(key) if section else None
+    if not entry or entry.get("interval") is None:
         return None
-    fmt = _pct if pct else (lambda v: f"{v:+.3f}")
-    passed = bool(value <= reference + tol)
-    rel = "<=" if passed else ">"
-    return Check(
-        name,
-        passed,
-        float(value),
-        float(reference),
-        f"<= {fmt(reference)} + {tol:g}",
-        f"{what} {fmt(value)} {rel} {fmt(reference)} + {tol:g}",
-    )
+    lo, hi = entry["interval"]
+    return (reference + float(lo), reference + float(hi))
 
 
-def _near(name: str, value: Any, reference: float, tol: float, what: str, *, pct: bool = True) -> Check | None:
-    """``|value - reference| <= tol`` (``None`` when there is no value)."""
-    if value is None:
-        return None
-    fmt = _pct if pct else (lambda v: f"{v:.3f}")
-    passed = bool(abs(value - reference) <= tol)
-    return Check(
-        name,
-        passed,
-        float(value),
-        float(reference),
-        f"|x - {fmt(reference)}| <= {tol:g}",
-        f"{what} {fmt(value)} vs reference {fmt(reference)}: off by {abs(value - reference):.3f} "
-        f"({'within' if passed else 'beyond'} {tol:g})",
-    )
-
-
-def _membership(mia: Mapping[str, Any], reference: float, tol: float) -> Check:
-    """``|AUC - reference| <= tol``, or ``reference`` inside the AUC's bootstrap interval: with a
-    few dozen unseen samples the AUC alone moves by several points, and a difference the
-    interval cannot tell from retrain's is no evidence of remembered membership."""
-    auc, (low, high) = float(mia["auc"]), mia["auc_ci"]
-    near, covered = abs(auc - reference) <= tol, low <= reference <= high
-    passed = bool(near or covered)
-    why = "within tolerance" if near else ("inside the 95% interval" if covered else "beyond both")
-    return Check(
-        "membership_auc",
-        passed,
-        auc,
-        float(reference),
-        f"|x - {reference:.3f}| <= {tol:g} or reference in the interval",
-        f"membership attack AUC {auc:.3f} (95% [{low:.3f}, {high:.3f}]) vs reference {reference:.3f}: {why}",
-    )
-
-
-def _utility(m: Mapping[str, Any], ref: Mapping[str, Any], ref_name: str, t: CertificateThresholds) -> Verdict:
+def _utility(
+    m: Mapping[str, Any], ref: Mapping[str, Any], ref_name: str, t: CertificateThresholds
+) -> list[Measurement]:
     value, reference = m["output"].get("retain_test_acc"), ref["output"].get("retain_test_acc")
     if value is None or reference is None:
-        return Verdict.of([], empty="no retained test samples")
-    passed = bool(value >= reference - t.utility)
-    check = Check(
-        "retain_test_acc",
-        passed,
-        float(value),
-        float(reference),
-        f">= {_pct(reference)} - {t.utility:g}",
-        f"retained test accuracy {_pct(value)} {'>=' if passed else '<'} "
-        f"{ref_name}'s {_pct(reference)} - {t.utility:g}",
-    )
-    return Verdict.of([check], note=None if ref_name == RETRAIN else "no retrain in this run: compared with original")
+        return []
+    interval = _paired(m["output"], "retain_test_acc", reference) if ref_name == RETRAIN else None
+    what = "retained test accuracy" + ("" if ref_name == RETRAIN else " (vs the original: no retrain)")
+    return [Measurement("retain_test_acc", what, value, reference, "lower", t.utility, interval, pct=True)]
 
 
-def _output(kind: str, m: Mapping[str, Any], retrain: Mapping[str, Any] | None, t: CertificateThresholds) -> Verdict:
+def _output(
+    kind: str, m: Mapping[str, Any], retrain: Mapping[str, Any] | None, t: CertificateThresholds
+) -> list[Measurement]:
     out = m["output"]
     if kind == "party":
         dep = out.get("party_dependence")
         if dep is None:
-            return Verdict.of([], empty="the outputs' dependence on the departed party was not measured")
-        passed = bool(dep <= t.party_dependence)
-        check = Check(
-            "party_dependence",
-            passed,
-            float(dep),
-            0.0,
-            f"<= {t.party_dependence:g}",
-            f"{_pct(dep)} of predictions change when the departed party's embedding is shuffled "
-            f"({'<=' if passed else '>'} {t.party_dependence:g})",
-        )
-        return Verdict.of([check])
+            return []
+        what = "share of predictions that change when the departed party's embedding is shuffled"
+        return [Measurement("party_dependence", what, dep, 0.0, "upper", t.party_dependence, pct=True)]
     if kind == "features":
-        return Verdict.of([], empty="a feature request forgets no samples; its outputs are judged by utility alone")
+        return []
     ref = retrain["output"] if retrain is not None else None
-    checks: list[Check | None] = []
-    if kind == "class":
-        for key, what in (
-            ("forget_test_acc", "forgotten test accuracy"),
-            ("forget_train_acc", "forgotten train accuracy"),
-        ):
-            # A model that never saw a class never predicts it: 0 is retrain's value by construction.
-            reference = ref[key] if ref is not None and ref.get(key) is not None else 0.0
-            checks.append(_near(key, out.get(key), reference, t.forget_accuracy, what))
-    else:
-        fallback = out.get("retain_test_acc")
-        reference = ref["forget_train_acc"] if ref is not None else fallback
-        if reference is not None:
-            checks.append(
-                _near(
-                    "forget_train_acc",
-                    out.get("forget_train_acc"),
-                    reference,
-                    t.forget_accuracy,
-                    "forgotten train accuracy",
-                )
-            )
+    found: list[Measurement] = []
+    keys = (("forget_test_acc", "forgotten test accuracy"), ("forget_train_acc", "forgotten train accuracy"))
+    for key, what in keys if kind == "class" else keys[1:]:
+        value = out.get(key)
+        if value is None:
+            continue
+        if ref is not None and ref.get(key) is not None:
+            reference, interval = float(ref[key]), _paired(out, key, float(ref[key]))
+        elif kind == "class":
+            reference, interval = 0.0, None  # a model that never saw a class never predicts it
+        elif out.get("retain_test_acc") is not None:
+            reference, interval = float(out["retain_test_acc"]), None  # as if unseen
+        else:
+            continue
+        found.append(Measurement(key, what, value, reference, "two", t.forget_accuracy, interval, pct=True))
     mia = out.get("membership")
     if mia is not None:
         ref_mia = ref.get("membership") if ref is not None else None
-        reference = ref_mia["auc"] if ref_mia is not None else 0.5
-        checks.append(_membership(mia, reference, t.membership_auc))
+        if ref_mia is not None:
+            reference = float(ref_mia["auc"])
+            interval = _paired(out, "membership_auc", reference)
+        else:
+            ci = mia.get("auc_ci")
+            reference, interval = 0.5, None if ci is None else (float(ci[0]), float(ci[1]))
+        found.append(
+            Measurement(
+                "membership_auc",
+                "membership attack AUC",
+                mia["auc"],
+                reference,
+                "two",
+                t.membership_auc,
+                interval,
+                # A class request's forgotten-class accuracy is the decisive output test; the
+                # membership attack on a few dozen samples supports it (it can fail the verdict).
+                supporting=kind == "class",
+            )
+        )
     rf = m.get("reference_free")
     if retrain is None and rf is not None:
         # Without a retrained model, the verification models stand in for an ignorant one.
-        checks.append(
-            Check(
+        found.append(
+            Measurement(
                 "reference_free",
-                bool(rf["passed"]),
-                float(rf["agreement"]),
-                float(rf["threshold"]),
-                f">= {rf['threshold']:.3f}",
-                f"agreement with ignorant verification models {rf['agreement']:.3f} "
-                f"{'>=' if rf['passed'] else '<'} threshold {rf['threshold']:.3f} "
-                f"(their own level {rf['reference_agreement']:.3f})",
+                "agreement with ignorant verification models on the forget set",
+                rf["agreement"],
+                rf["threshold"],
+                "lower",
+                0.0,
+                calibrate=False,
             )
         )
-    note = (
-        None
-        if retrain is not None
-        else "no retrain in this run: compared with what a model that never saw the data gives"
-    )
-    return Verdict.of([c for c in checks if c is not None], note=note, empty="no forgotten samples to audit")
+    return found
 
 
 def _representation(
-    kind: str, m: Mapping[str, Any], retrain: Mapping[str, Any] | None, t: CertificateThresholds
-) -> Verdict:
-    if retrain is None:
-        return Verdict.of(
-            [], empty="no retrain in this run: removal is judged against the retrained model; add retrain"
-        )
-    checks: list[Check | None] = []
+    kind: str, m: Mapping[str, Any], retrain: Mapping[str, Any], t: CertificateThresholds
+) -> list[Measurement]:
+    found: list[Measurement] = []
     if kind in ("party", "features"):
-        rec = m.get("feature_recovery")
-        if rec is None:
-            return Verdict.of([], empty="feature recovery was not audited")
-        views = {"fused": rec.get("fused"), **{pid: v for pid, v in rec.get("parties", {}).items()}}
+        rec = m.get("feature_recovery") or {}
+        views = {"fused": rec.get("fused"), **rec.get("parties", {}), "output": rec.get("output")}
         for view, r in views.items():
-            if r is None:
+            gap = None if r is None else r.get("recovery_gap_mean", r.get("recovery_gap"))
+            if gap is None:
                 continue
-            gap = r.get("recovery_gap_mean", r.get("recovery_gap"))
-            checks.append(
-                _at_most(
+            interval = r.get("recovery_gap_interval")
+            found.append(
+                Measurement(
                     f"feature_recovery_gap.{view}",
+                    f"{view}: R^2 gap of the removed columns",
                     gap,
                     0.0,
+                    "upper",
                     t.feature_recovery_gap,
-                    f"{view}: R^2 gap of the removed columns",
+                    None if interval is None else (interval[0], interval[1]),
                 )
             )
-        return Verdict.of([c for c in checks if c is not None], empty="feature recovery was not audited")
-
+        return found
     rep = m.get("representation")
     if rep is None:
-        return Verdict.of([], empty="representations were not audited")
-    views = {"fused": rep["fused"], **rep.get("parties", {})}
-    for view, r in views.items():
+        return found
+    for view, r in {"fused": rep["fused"], **rep.get("parties", {})}.items():
         gap = r.get("lpr_gap_mean", r.get("lpr_gap"))
+        if gap is None:
+            continue
         interval = r.get("lpr_gap_interval")
-        c = _at_most(f"lpr_gap.{view}", gap, 0.0, t.lpr_gap, f"{view}: mean LPR gap")
-        if c is not None and interval is not None:
-            c = Check(
-                c.name,
-                c.passed,
-                c.value,
-                c.reference,
-                c.rule,
-                f"{c.evidence} (95% [{interval[0]:+.3f}, {interval[1]:+.3f}])",
+        found.append(
+            Measurement(
+                f"lpr_gap.{view}",
+                f"{view}: mean LPR gap",
+                gap,
+                0.0,
+                "upper",
+                t.lpr_gap,
+                None if interval is None else (interval[0], interval[1]),
             )
-        checks.append(c)
+        )
     for pid, layers in rep.get("layers", {}).items():
         for layer, r in layers.items():
-            checks.append(
-                _at_most(
-                    f"layer_lpr_gap.{pid}.{layer}", r.get("lpr_gap"), 0.0, t.layer_lpr_gap, f"{pid}/{layer}: LPR gap"
-                )
-            )
-    if kind == "class":
-        fused = rep["fused"]
-        to_orig, to_retrain = fused.get("cka_original"), fused.get("cka_retrain")
-        if to_orig is not None and to_retrain is not None:
-            closer = bool(to_retrain >= to_orig)
-            checks.append(
-                Check(
-                    "cka_closer_to_retrain",
-                    closer,
-                    float(to_retrain),
-                    float(to_orig),
-                    "CKA(retrain) >= CKA(original)",
-                    f"fused CKA to retrain {to_retrain:.3f} {'>=' if closer else '<'} CKA to original {to_orig:.3f}",
-                )
-            )
-        for phase, r in (m.get("relearning") or {}).items():
-            if phase == "attack" or r.get("area_gap") is None:
+            gap = r.get("lpr_gap_mean", r.get("lpr_gap"))
+            if gap is None:
                 continue
-            checks.append(
-                _at_most(
-                    f"relearning_gap.{phase}",
-                    r["area_gap"],
+            interval = r.get("lpr_gap_interval")
+            found.append(
+                Measurement(
+                    f"layer_lpr_gap.{pid}.{layer}",
+                    f"{pid}/{layer}: mean LPR gap",
+                    gap,
                     0.0,
-                    t.relearning_gap,
-                    f"relearning ({phase}): mean forgotten accuracy over the attack above retrain's",
+                    "upper",
+                    t.layer_lpr_gap,
+                    None if interval is None else (interval[0], interval[1]),
                 )
             )
-        mine, theirs = rep.get("class_recovery"), retrain.get("representation", {}).get("class_recovery")
-        if mine is not None and theirs is not None and theirs.get("probe_accuracy") is not None:
-            checks.append(
-                _at_most(
+    if kind != "class":
+        return found
+    fused = rep["fused"]
+    to_orig, to_retrain = fused.get("cka_original"), fused.get("cka_retrain")
+    if to_orig is not None and to_retrain is not None:
+        found.append(
+            Measurement(
+                "cka_closer_to_retrain",
+                "fused CKA to the original minus CKA to retrain",
+                to_orig - to_retrain,
+                0.0,
+                "upper",
+                0.0,
+            )
+        )
+    mine, theirs = rep.get("class_recovery"), retrain.get("representation", {}).get("class_recovery")
+    if mine is not None and theirs is not None and theirs.get("probe_accuracy") is not None:
+        if mine.get("probe_accuracy") is not None:
+            reference = float(theirs["probe_accuracy"])
+            found.append(
+                Measurement(
                     "class_recovery",
-                    mine.get("probe_accuracy"),
-                    theirs["probe_accuracy"],
-                    t.class_recovery,
                     "multi-class probe accuracy on the forgotten classes",
+                    mine["probe_accuracy"],
+                    reference,
+                    "upper",
+                    t.class_recovery,
+                    _paired(mine, "probe_accuracy", reference),
                     pct=True,
                 )
             )
-    return Verdict.of([c for c in checks if c is not None], empty="representations were not audited")
+    for phase, r in (m.get("relearning") or {}).items():
+        if phase == "attack" or r.get("area_gap") is None:
+            continue
+        found.append(
+            Measurement(
+                f"relearning_gap.{phase}",
+                f"relearning ({phase}): mean forgotten accuracy over the attack above retrain's",
+                r["area_gap"],
+                0.0,
+                "upper",
+                t.relearning_gap,
+            )
+        )
+    return found
 
 
-def certify(
-    models: Mapping[str, Mapping[str, Any]], kind: str, thresholds: CertificateThresholds | None = None
-) -> dict[str, Certificate]:
-    """Certificates of every model from its audit results.
+# -- judging -----------------------------------------------------------------------------------
+
+
+def _fmt(v: float, pct: bool, signed: bool = False) -> str:
+    if pct:
+        return f"{100 * v:+.1f}%" if signed else f"{100 * v:.1f}%"
+    return f"{v:+.3f}" if signed else f"{v:.3f}"
+
+
+def _rule(m: Measurement, tol: float) -> str:
+    bound = {"upper": "x - r", "lower": "r - x", "two": "|x - r|"}[m.sided]
+    where = "over the whole interval" if m.interval is not None else "(point check)"
+    return f"{bound} <= {tol:.3g} {where}; fail if beyond at the point"
+
+
+def judge(m: Measurement, tol: Tolerance) -> Check:
+    """The check of ``m`` under tolerance ``tol`` (rule in the module docstring)."""
+    d, d_hi, t = m.deviation(), m.far_deviation(), tol.value
+    eps = 1e-12  # equal values must not fail on the last bit
+    status: Status = "fail" if d > t + eps else ("pass" if d_hi <= t + eps else "inconclusive")
+    interval = "" if m.interval is None else f" (95% [{_fmt(m.interval[0], m.pct)}, {_fmt(m.interval[1], m.pct)}])"
+    verdict = {
+        "pass": "within",
+        "fail": "beyond",
+        "inconclusive": "within at the point but not over the interval; undecided against",
+    }[status]
+    evidence = (
+        f"{m.what} {_fmt(m.value, m.pct)}{interval} vs reference {_fmt(m.reference, m.pct)}: "
+        f"deviation {d:+.3f} {verdict} tolerance {t:.3g} ({tol.source})"
+    )
+    return Check(
+        m.name,
+        status,
+        float(m.value),
+        float(m.reference),
+        _rule(m, t),
+        evidence,
+        tolerance=t,
+        tolerance_source=tol.source,
+        interval=m.interval,
+        mde=t + m.half_width(),
+        supporting=m.supporting,
+    )
+
+
+def calibrate(
+    measured: Mapping[str, list[Measurement]], calibration: list[str], quantile: float
+) -> dict[str, Tolerance]:
+    """Tolerance per check name: the ``quantile`` (``method="higher"``) of the calibration
+    models' far deviations, never below the floor; the floor where no calibration model has
+    the check (``configured`` without calibration models)."""
+    null: dict[str, list[float]] = {}
+    for name in calibration:
+        for m in measured.get(name, []):
+            if m.calibrate:
+                null.setdefault(m.name, []).append(m.far_deviation())
+    out: dict[str, Tolerance] = {}
+    for ms in measured.values():
+        for m in ms:
+            if m.name in out:
+                continue
+            values = null.get(m.name)
+            if not calibration or not m.calibrate or not values:
+                out[m.name] = Tolerance(m.floor, "configured" if not calibration else "fixed", m.floor)
+                continue
+            spread = float(np.quantile(np.asarray(values), quantile, method="higher"))
+            source = "calibrated" if spread > m.floor else "floor"
+            out[m.name] = Tolerance(max(m.floor, spread), source, m.floor, tuple(values))
+    return out
+
+
+def _no_power(v: Verdict, reason: str) -> Verdict:
+    """``v`` with its passes turned ``inconclusive`` (its failures stand)."""
+    if v.status != "pass":
+        return v if v.status != "inconclusive" else replace(v, note=_join(v.note, reason))
+    return Verdict("inconclusive", v.checks, _join(v.note, reason))
+
+
+def _join(a: str | None, b: str) -> str:
+    return b if not a else f"{a}; {b}"
+
+
+def certify_run(
+    models: Mapping[str, Mapping[str, Any]],
+    kind: str,
+    thresholds: CertificateThresholds | None = None,
+    *,
+    controls: Mapping[str, str] | None = None,
+    quantile: float = 0.95,
+) -> Certification:
+    """Certificates of every model (controls included) from its audit results.
 
     Parameters
     ----------
     models
-        ``{model: {"output": ..., "representation": ..., "feature_recovery": ...}}``: the audit
-        sections of ``report.json``'s ``models`` (so a saved report can be certified again with
-        other thresholds). ``original`` must be present; ``retrain`` is the reference when present.
+        ``{model: {"output": ..., "representation": ..., "feature_recovery": ..., "relearning":
+        ..., "diverged": ...}}``: the audit sections of ``report.json``'s ``models`` and
+        ``controls`` (so a saved report can be certified again with other tolerances).
+        ``original`` must be present; ``retrain`` is the reference when present.
     kind
         The forget request's kind: ``class``, ``samples``, ``party`` or ``features``.
     thresholds
-        Tolerances (defaults: :class:`~vfl_sim.config.CertificateThresholds`).
+        Tolerance floors (defaults: :class:`~vfl_sim.config.CertificateThresholds`).
+    controls
+        ``{model: role}`` with role ``negative`` (``cut_only``), ``suppression``
+        (``output_mask``) or ``calibration`` (independently seeded retrains).
+    quantile
+        Quantile of the calibration retrains' spread that sets a tolerance.
     """
-    if kind not in ("class", "samples", "party", "features"):
+    if kind not in KINDS:
         raise ValueError(f"unknown forget request kind {kind!r}; expected class, samples, party or features")
     if ORIGINAL not in models:
         raise ValueError(f"certify needs the original model's results; got {sorted(models)}")
     t = thresholds or CertificateThresholds()
-    retrain = models.get(RETRAIN)
+    roles = dict(controls or {})
+    diverged = {name: str(m["diverged"]) for name, m in models.items() if m.get("diverged")}
+    retrain = models.get(RETRAIN) if RETRAIN not in diverged else None
     ref_name = RETRAIN if retrain is not None else ORIGINAL
     ref = models[ref_name]
-    out: dict[str, Certificate] = {}
+    calibration = [n for n, r in roles.items() if r == "calibration" and n in models and n not in diverged]
+    measured: dict[str, dict[str, list[Measurement]]] = {}
     for name, m in models.items():
-        u = _utility(m, ref, ref_name, t)
-        o = _output(kind, m, retrain, t)
-        r = _representation(kind, m, retrain, t)
-        out[name] = Certificate(u, o, r, trilemma_region(u.status, o.status, r.status))
+        if name in diverged:
+            continue
+        measured[name] = {
+            "utility": _utility(m, ref, ref_name, t),
+            "output_forgetting": _output(kind, m, retrain, t),
+            "representation_forgetting": [] if retrain is None else _representation(kind, m, retrain, t),
+        }
+    flat = {name: [x for part in parts.values() for x in part] for name, parts in measured.items()}
+    tolerances = calibrate(flat, calibration, quantile)
+
+    verdicts: dict[str, dict[str, Verdict]] = {}
+    no_retrain = "no retrain in this run: compared with what a model that never saw the data gives"
+    for name, parts in measured.items():
+        checks = {part: [judge(x, tolerances[x.name]) for x in ms] for part, ms in parts.items()}
+        verdicts[name] = {
+            "utility": Verdict.of(
+                checks["utility"],
+                note=None if ref_name == RETRAIN else "no retrain in this run: compared with the original",
+                empty="no retained test samples",
+            ),
+            "output_forgetting": Verdict.of(
+                checks["output_forgetting"],
+                note=None if retrain is not None or kind in ("party", "features") else no_retrain,
+                empty=(
+                    "a feature request forgets no samples; its outputs are judged by utility alone"
+                    if kind == "features"
+                    else "nothing at the output to check"
+                ),
+            ),
+            "representation_forgetting": Verdict.of(
+                checks["representation_forgetting"],
+                empty=(
+                    "no retrain in this run: removal is judged against the retrained model; add retrain"
+                    if retrain is None
+                    else "representations were not audited"
+                ),
+            ),
+        }
+
+    power = _power(kind, verdicts, roles, diverged)
+    certificates: dict[str, Certificate] = {}
+    party_data = kind in ("party", "features")
+    for name in models:
+        if name in diverged:
+            gone = Verdict("n/a", (), f"diverged: {diverged[name]}")
+            certificates[name] = Certificate(gone, gone, gone, "diverged", diverged[name])
+            continue
+        v = dict(verdicts[name])
+        for part, p in power.items():
+            if not p["powered"]:
+                v[part] = _no_power(v[part], p["reason"])
+        u, o, r = v["utility"], v["output_forgetting"], v["representation_forgetting"]
+        region = trilemma_region(u.status, o.status, r.status, data_of_a_party=party_data)
+        certificates[name] = Certificate(u, o, r, region)
+    return Certification(certificates, tolerances, power, tuple(calibration))
+
+
+def _power(
+    kind: str, verdicts: Mapping[str, Mapping[str, Verdict]], roles: Mapping[str, str], diverged: Mapping[str, str]
+) -> dict[str, dict[str, Any]]:
+    """Whether each forgetting verdict can fail on this run, from the controls' verdicts."""
+    negative_rep = (
+        ORIGINAL if kind in ("class", "samples") else next((n for n, r in roles.items() if r == "negative"), None)
+    )
+    needed: dict[str, list[str | None]] = {
+        "output_forgetting": [ORIGINAL],
+        "representation_forgetting": [negative_rep] + [n for n, r in roles.items() if r == "suppression"],
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for part, controls in needed.items():
+        if all(verdicts[n][part].status == "n/a" for n in verdicts):
+            out[part] = {"powered": True, "controls": {}, "reason": None}
+            continue
+        shown: dict[str, str] = {}
+        missing: list[str] = []
+        for control in controls:
+            if control is None:
+                missing.append("the negative control (cut_only)")
+            elif control in diverged or control not in verdicts:
+                missing.append(f"{control} ({'diverged' if control in diverged else 'not in this run'})")
+            else:
+                shown[control] = verdicts[control][part].status
+        passing = [c for c, s in shown.items() if s != "fail"]
+        powered = not missing and not passing
+        reason = None
+        if not powered:
+            what = part.replace("_", " ")
+            if missing:
+                why = f"no control shows that {what} can fail here: missing {', '.join(missing)}"
+            else:
+                named = ", ".join(f"{c} ({shown[c]})" for c in passing)
+                why = f"{what} has no power on this run: the control {named} does not fail it"
+            reason = f"{why}; what would give power: {_ADVICE[kind]}"
+        out[part] = {"powered": powered, "controls": shown, "reason": reason}
     return out
+
+
+def certify(
+    models: Mapping[str, Mapping[str, Any]],
+    kind: str,
+    thresholds: CertificateThresholds | None = None,
+    *,
+    controls: Mapping[str, str] | None = None,
+    quantile: float = 0.95,
+) -> dict[str, Certificate]:
+    """Every model's :class:`Certificate` (the ``certificates`` of :func:`certify_run`)."""
+    return certify_run(models, kind, thresholds, controls=controls, quantile=quantile).certificates

@@ -389,11 +389,14 @@ def _save_state(party: Party, name: str) -> None:
 
 
 @party_op("load_state")
-def _load_state(party: Party, name: str) -> None:
+def _load_state(party: Party, name: str) -> dict[str, Any]:
+    """Make a saved state current; answers whether it is finite (:func:`_finite`), so the
+    server learns of a diverged bottom without another round trip."""
     if name not in party.states:
         raise KeyError(f"{party.party_id}: no saved state '{name}'")
     party.bottom.load_state_dict(party.states[name])
     party.end_phase()
+    return _finite(party)
 
 
 @party_op("reset")
@@ -421,6 +424,14 @@ def _digest(party: Party, name: str | None = None) -> dict[str, Any]:
     """SHA-256 of the current (or a saved) state: lets the server check nothing changed."""
     state = party.states[name] if name is not None else party.bottom.state_dict()
     return {"sha256": state_digest(state)}
+
+
+def _finite(party: Party) -> dict[str, Any]:
+    """Whether every parameter and buffer of the current bottom model is finite, and the first
+    that is not: a diverged model is reported, never audited as if it were one."""
+    state = party.bottom.state_dict()
+    bad = next((k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    return {"finite": bad is None, "tensor": bad}
 
 
 @party_op("mask_columns")

@@ -32,6 +32,7 @@ from vfl_sim.optim import (
     clear_grads,
 )
 from vfl_sim.protocol import Ack, Backward, Embed, EmbedReply, LocalOp, Reply, Request
+from vfl_sim.seeding import derive_seed
 from vfl_sim.transport import Transport
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -360,17 +361,26 @@ class Server:
         self.states[name] = clone_state(self.top)
         self.party_op("save_state", name=name)
 
-    def load_state(self, name: str) -> None:
-        """Make the snapshot ``name`` current on the server and every party."""
+    def load_state(self, name: str) -> dict[str, dict[str, Any]]:
+        """Make the snapshot ``name`` current on the server and every party; returns each
+        party's answer (``finite``: whether its bottom model's tensors are all finite, and
+        ``tensor``, the first that is not)."""
         self.top.load_state_dict(self.states[name])
         self.optimizer = self.scheduler = None
-        self.party_op("load_state", name=name)
+        return self.party_op("load_state", name=name)
 
-    def reset(self, top_seed: int) -> None:
+    def reset(self, top_seed: int, party_seed: int | None = None) -> None:
         """Fresh initialization everywhere: the top from ``top_seed``, each bottom from its
-        party's own initialization seed (the same initialization the original started from)."""
+        party's own initialization seed (the same initialization the original started from),
+        or, with ``party_seed``, from a seed derived from it and the party's id (another
+        initialization, for independently seeded retrains)."""
         self.reset_top(top_seed)
-        self.party_op("reset")
+        if party_seed is None:
+            self.party_op("reset")
+        else:
+            self.transport.exchange(
+                {pid: LocalOp("reset", {"seed": derive_seed(party_seed, "init", pid)}) for pid in self.party_ids}
+            )
 
     def reset_top(self, top_seed: int) -> None:
         """Fresh initialization of the top model alone (the bottoms keep their weights)."""

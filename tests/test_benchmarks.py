@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -25,6 +26,7 @@ def script(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module
 
@@ -160,3 +162,24 @@ def test_communication_training_rows() -> None:
     # the traffic per party does not depend on the party count
     assert rows[1]["per_party"] == rows[2]["per_party"]
     assert len(table_rows(lines)) == 3
+
+
+def test_certificate_power_small_study_makes_no_false_removal_claim() -> None:
+    """The small version of benchmarks/certificate_power.py: wine, class and party requests,
+    two seeds. The controls that removed nothing are never certified `removal`, and retrain is
+    never refused (it may be inconclusive where the run has no power)."""
+    power = script("certificate_power")
+    rows = power.study(["wine"], ["class", "party"], seeds=2, workers=1, quiet=True)
+    assert len(rows) == 4
+    for row in rows:
+        models = row["models"]
+        negative = power.NEGATIVE[row["kind"]]
+        assert not models[negative]["removal"], row
+        if "output_mask" in models:
+            assert not models["output_mask"]["removal"], row
+        retrain = models["retrain"]
+        assert "fail" not in (retrain["output"], retrain["representation"]), row
+        if all(row["power"].values()):
+            assert retrain["removal"], row
+    text = power.tables(rows)
+    assert "## False removal claims, retrain and power" in text and "| wine | class | 2 |" in text

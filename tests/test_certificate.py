@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from audits.certificate import CertificateThresholds, certify, trilemma_region
+from audits.certificate import CertificateThresholds, certify, certify_run, trilemma_region
 from tests.conftest import small_config
 from vfl_sim.experiment import prepare
 from vfl_sim.report import write_markdown
@@ -134,13 +134,43 @@ def test_utility_is_one_sided_and_output_two_sided() -> None:
     )
 
 
-def test_membership_difference_inside_the_interval_is_not_held_against_the_model() -> None:
-    noisy = model(auc=0.44)
-    noisy["output"]["membership"]["auc_ci"] = [0.33, 0.55]  # covers retrain's 0.5
-    confident = model(auc=0.44)
-    certs = certify(models(noisy=noisy, confident=confident), "class")
-    assert certs["noisy"].output_forgetting.status == "pass"
-    assert certs["confident"].output_forgetting.status == "fail"
+def with_membership_diff(m: dict[str, Any], lo: float, hi: float) -> dict[str, Any]:
+    auc = m["output"]["membership"]["auc"]
+    m["output"]["vs_retrain"] = {"membership_auc": {"diff": auc - 0.5, "interval": [lo, hi], "n": 100}}
+    return m
+
+
+def test_a_check_passes_only_when_its_whole_interval_is_within_tolerance() -> None:
+    # Retrain's AUC is 0.5; the tolerance 0.05. A sample request, where membership decides.
+    def sample(m: dict[str, Any]) -> dict[str, Any]:
+        m["output"]["forget_test_acc"] = None
+        m["output"]["forget_train_acc"] = 1.0
+        del m["representation"]["class_recovery"]
+        return m
+
+    noisy = sample(with_membership_diff(model(auc=0.47), -0.14, 0.08))  # within at the point only
+    confident = sample(with_membership_diff(model(auc=0.47), -0.04, -0.02))
+    far = sample(with_membership_diff(model(auc=0.44), -0.08, -0.04))  # beyond at the point
+    ms = {"original": sample(model(auc=0.7)), "retrain": sample(model())}
+    certs = certify({**ms, "noisy": noisy, "confident": confident, "far": far}, "samples")
+    assert certs["noisy"].output_forgetting.status == "inconclusive"
+    assert certs["noisy"].trilemma == "inconclusive" and not certs["noisy"].removal
+    check = next(c for c in certs["noisy"].output_forgetting.checks if c.name == "membership_auc")
+    assert check.status == "inconclusive" and check.interval == pytest.approx((0.36, 0.58))
+    assert check.mde == pytest.approx(0.05 + 0.11) and not check.supporting
+    assert certs["confident"].output_forgetting.status == "pass"
+    assert certs["far"].output_forgetting.status == "fail"
+
+
+def test_an_undecided_supporting_check_leaves_the_verdict_to_the_others() -> None:
+    # In a class request the forgotten-class accuracy decides; membership supports it.
+    noisy = with_membership_diff(model(auc=0.47), -0.14, 0.08)
+    far = with_membership_diff(model(auc=0.40), -0.14, -0.06)
+    certs = certify(models(noisy=noisy, far=far), "class")
+    out = certs["noisy"].output_forgetting
+    assert out.status == "pass" and "membership_auc" in (out.note or "")
+    assert next(c for c in out.checks if c.name == "membership_auc").supporting
+    assert certs["far"].output_forgetting.status == "fail"  # a supporting check still fails its verdict
 
 
 def test_without_retrain_no_removal_can_be_claimed() -> None:
@@ -166,11 +196,21 @@ def test_party_requests_have_no_output_part_and_judge_feature_recovery() -> None
             },
         }
 
-    certs = certify({"original": party_model(0.3), "retrain": party_model(0.0), "kd": party_model(0.01)}, "party")
+    ms = {"original": party_model(0.3), "retrain": party_model(0.0), "kd": party_model(0.01)}
+    roles = {"cut_only": "negative"}
+    certs = certify({**ms, "cut_only": party_model(0.2)}, "party", controls=roles)
     assert certs["kd"].output_forgetting.status == "n/a"
-    assert certs["kd"].trilemma == "removal"
+    assert certs["kd"].trilemma == "removal" and certs["kd"].removal
+    assert certs["cut_only"].trilemma == "no_forgetting"
     assert certs["original"].trilemma == "no_forgetting"
     assert [c.name for c in certs["original"].representation_forgetting.failed] == ["feature_recovery_gap.fused"]
+    # The cut alone passes: nothing shows that kd removed more than the cut.
+    certs = certify({**ms, "cut_only": party_model(0.0)}, "party", controls=roles)
+    assert certs["kd"].representation_forgetting.status == "inconclusive"
+    assert certs["kd"].trilemma == "structural_removal" and not certs["kd"].removal
+    assert "cut_only" in (certs["kd"].representation_forgetting.note or "")
+    # Without the negative control no removal can be shown either.
+    assert certify(ms, "party")["kd"].trilemma == "structural_removal"
 
 
 def test_thresholds_are_configurable_and_validated() -> None:
@@ -186,6 +226,60 @@ def test_thresholds_are_configurable_and_validated() -> None:
         certify(models(), "rows")
 
 
+def test_a_verdict_the_negative_control_passes_has_no_power() -> None:
+    # An original that the representation checks cannot tell from retrain.
+    ms = models(m=model())
+    ms["original"] = model(forget=1.0, auc=0.7)
+    certs = certify(ms, "class")
+    for name in ("retrain", "m"):
+        assert certs[name].representation_forgetting.status == "inconclusive"
+        assert certs[name].trilemma == "inconclusive" and not certs[name].removal
+        note = certs[name].representation_forgetting.note or ""
+        assert "original" in note and "what would give power" in note
+    # Output forgetting keeps its power: the original fails it.
+    assert certs["m"].output_forgetting.status == "pass"
+
+
+def test_a_suppression_control_that_passes_representation_removes_its_power() -> None:
+    ms = models(output_mask=model(), m=model())
+    certs = certify(ms, "class", controls={"output_mask": "suppression"})
+    assert certs["m"].representation_forgetting.status == "inconclusive"
+    assert "output_mask" in (certs["m"].representation_forgetting.note or "")
+    ms["output_mask"] = model(gap=0.12, cka_orig=1.0, cka_retrain=0.9)
+    certs = certify(ms, "class", controls={"output_mask": "suppression"})
+    assert certs["m"].trilemma == "removal" and certs["output_mask"].trilemma == "suppression"
+
+
+def test_calibration_retrains_set_tolerances_above_the_floor() -> None:
+    ms = models(m=model(gap=0.07), r1=model(gap=0.04), r2=model(gap=0.06))
+    run = certify_run(ms, "class", controls={"r1": "calibration", "r2": "calibration"})
+    tol = run.tolerances["lpr_gap.fused"]
+    # The far ends of the calibration retrains' intervals are 0.06 and 0.08; "higher" quantile: 0.08.
+    assert tol.source == "calibrated" and tol.value == pytest.approx(0.08)
+    assert tol.null == pytest.approx((0.06, 0.08)) and tol.floor == 0.05
+    assert run.certificates["m"].representation_forgetting.status == "inconclusive"  # 0.07 <= 0.08 < 0.09
+    assert run.tolerances["retain_test_acc"].source == "floor"  # no spread above the floor
+    assert run.tolerances["cka_closer_to_retrain"].source == "floor"  # their CKA is closer to retrain
+    # Without calibration retrains the floors are the tolerances.
+    plain = certify_run(ms, "class")
+    assert plain.tolerances["lpr_gap.fused"].source == "configured"
+    assert plain.certificates["m"].representation_forgetting.status == "fail"
+
+
+def test_a_diverged_model_is_never_certified() -> None:
+    ms = models(m=model())
+    ms["m"]["diverged"] = "non-finite bottom-model tensor net.0.weight at party_0"
+    cert = certify(ms, "class")["m"]
+    assert cert.trilemma == "diverged" and not cert.removal and cert.diverged
+    assert cert.utility.status == cert.representation_forgetting.status == "n/a"
+    # A diverged retrain is no reference: no removal for anyone.
+    ms = models(m=model())
+    ms["retrain"]["diverged"] = "non-finite outputs"
+    certs = certify(ms, "class")
+    assert certs["retrain"].trilemma == "diverged"
+    assert certs["m"].representation_forgetting.status == "n/a" and not certs["m"].removal
+
+
 def test_trilemma_table() -> None:
     assert trilemma_region("pass", "pass", "pass") == "removal"
     assert trilemma_region("pass", "pass", "fail") == "suppression"
@@ -197,6 +291,10 @@ def test_trilemma_table() -> None:
     assert trilemma_region("pass", "pass", "n/a") == "unverified"
     assert trilemma_region("pass", "n/a", "fail") == "no_forgetting"
     assert trilemma_region("fail", "n/a", "pass") == "destructive_removal"
+    assert trilemma_region("pass", "inconclusive", "pass") == "inconclusive"
+    assert trilemma_region("pass", "pass", "inconclusive") == "inconclusive"
+    assert trilemma_region("pass", "pass", "inconclusive", data_of_a_party=True) == "structural_removal"
+    assert trilemma_region("pass", "n/a", "inconclusive", data_of_a_party=True) == "structural_removal"
 
 
 def test_end_to_end_on_digits(tmp_path: Any) -> None:
@@ -224,7 +322,9 @@ def test_end_to_end_on_digits(tmp_path: Any) -> None:
     assert report["models"]["original"]["relearning"]["top"]["area_gap"] > 0.5
     # The bottoms never moved, so the fused embedding is the original's.
     cka = next(c for c in head["representation_forgetting"]["checks"] if c["name"] == "cka_closer_to_retrain")
-    assert not cka["passed"] and cka["reference"] == pytest.approx(1.0)
+    fused = report["models"]["head_retrain"]["representation"]["fused"]
+    assert fused["cka_original"] == pytest.approx(1.0)
+    assert not cka["passed"] and cka["value"] == pytest.approx(1.0 - fused["cka_retrain"])
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
     assert saved["models"]["head_retrain"]["certificate"] == head
     assert saved["audit"]["certificate_thresholds"]["lpr_gap"] == 0.05
@@ -251,7 +351,10 @@ def test_party_and_feature_requests_end_to_end(tmp_path: Any) -> None:
     rec = models["finetune"]["feature_recovery"]
     assert sorted(rec["parties"]) == ["party_0", "party_2"] and rec["excluded_party"] == "party_1"
     assert rec["fused"]["recovery_gap"] is not None
-    assert models["retrain"]["certificate"]["representation_forgetting"]["status"] == "pass"
+    # Retrain passes its own checks; whether that counts depends on the cut alone failing them.
+    retrain = models["retrain"]["certificate"]["representation_forgetting"]["status"]
+    cut = report["controls"]["cut_only"]["certificate"]["representation_forgetting"]["status"]
+    assert retrain == ("pass" if cut == "fail" else "inconclusive")
     assert "relearning" not in models["original"] and "reference_free" not in models["original"]
 
     features = small_config(

@@ -12,7 +12,11 @@ from __future__ import annotations
 from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+"""1.1: ``controls`` (built-in control models and calibration retrains, audited like models),
+``audit.certificate`` (controls, calibration, power, tolerances), checks with ``status``,
+``interval``, ``tolerance``, ``tolerance_source`` and ``mde``, ``models.<m>.diverged``, the
+``inconclusive``, ``structural_removal`` and ``diverged`` trilemma regions."""
 
 
 def _fmt(v: Any, pct: bool = False, signed: bool = False) -> str:
@@ -78,7 +82,7 @@ def party_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-VERDICT_MARK = {"pass": "pass", "fail": "FAIL", "n/a": "n/a"}
+VERDICT_MARK = {"pass": "pass", "fail": "FAIL", "inconclusive": "inconclusive", "n/a": "n/a"}
 
 
 def attack_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -92,6 +96,9 @@ def attack_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         "relearn full: steps",
         "area",
         "gap",
+        "relearn head: steps",
+        "area",
+        "gap",
         "ref-free agree",
         "pass",
     ]
@@ -101,7 +108,7 @@ def attack_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         if not rel and not rf:
             continue
         row = [name]
-        for phase in ("top", "full"):
+        for phase in ("top", "full", "head"):
             p = rel.get(phase)
             if p is None:
                 row += ["-", "-", "-"]
@@ -140,17 +147,27 @@ def feature_recovery_rows(report: dict[str, Any]) -> tuple[list[str], list[list[
     return header, rows
 
 
+def certified_models(report: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """``{model: (label, entry)}`` of every certified model, methods first, then the controls
+    (labelled with their role)."""
+    out = {name: (name, m) for name, m in report["models"].items()}
+    for name, m in report.get("controls", {}).items():
+        out[name] = (f"{name} ({m['role']})", m)
+    return out
+
+
 def certificate_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """One row per model: the three verdicts of its certificate and its trilemma region."""
+    """One row per model (controls last): the three verdicts of its certificate and its
+    trilemma region."""
     header = ["model", "utility", "output forgetting", "representation forgetting", "trilemma", "removal claimed"]
     rows = []
-    for name, m in report["models"].items():
+    for label, m in certified_models(report).values():
         c = m.get("certificate")
         if c is None:
             continue
         rows.append(
             [
-                name,
+                label,
                 VERDICT_MARK[c["utility"]["status"]],
                 VERDICT_MARK[c["output_forgetting"]["status"]],
                 VERDICT_MARK[c["representation_forgetting"]["status"]],
@@ -162,23 +179,74 @@ def certificate_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]
 
 
 def certificate_evidence(report: dict[str, Any]) -> list[str]:
-    """Markdown lines: per model, its claim, the failed checks with their numbers, and why a
-    verdict is ``n/a``."""
+    """Markdown lines: per model, its claim, the failed and undecided checks with their
+    numbers, and why a verdict is ``n/a`` or ``inconclusive``."""
     lines: list[str] = []
     parts = (("utility", "utility"), ("output_forgetting", "output"), ("representation_forgetting", "representation"))
-    for name, m in report["models"].items():
+    for label, m in certified_models(report).values():
         c = m.get("certificate")
         if c is None:
             continue
-        lines.append(f"- **{name}** ({c['trilemma']}): {c['claim']}.")
-        for key, label in parts:
+        lines.append(f"- **{label}** ({c['trilemma']}): {c['claim']}.")
+        for key, part in parts:
             v = c[key]
-            failed = [ch["evidence"] for ch in v["checks"] if not ch["passed"]]
             if v["status"] == "n/a":
-                lines.append(f"  - {label}: n/a, {v['note']}")
-            elif failed:
-                shown = "; ".join(failed[:4]) + (f"; and {len(failed) - 4} more" if len(failed) > 4 else "")
-                lines.append(f"  - {label} fails ({len(failed)} of {len(v['checks'])} checks): {shown}")
+                lines.append(f"  - {part}: n/a, {v['note']}")
+                continue
+            for status, verb in (("fail", "fails"), ("inconclusive", "undecided")):
+                hits = [ch["evidence"] for ch in v["checks"] if _status(ch) == status]
+                if hits:
+                    shown = "; ".join(hits[:4]) + (f"; and {len(hits) - 4} more" if len(hits) > 4 else "")
+                    lines.append(f"  - {part} {verb} ({len(hits)} of {len(v['checks'])} checks): {shown}")
+            if v["status"] == "inconclusive" and v.get("note"):
+                lines.append(f"  - {part} is inconclusive: {v['note']}")
+    return lines
+
+
+def _status(check: dict[str, Any]) -> str:
+    # Reports of schema 1.0 have only ``passed``.
+    return str(check.get("status", "pass" if check.get("passed") else "fail"))
+
+
+def tolerance_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per check: the tolerance the certificate used, where it came from, the floor, the
+    calibration retrains' spread and the median minimum detectable effect over the models."""
+    header = ["check", "tolerance", "source", "floor", "retrain spread", "median MDE"]
+    cert = report.get("audit", {}).get("certificate") or {}
+    mdes: dict[str, list[float]] = {}
+    for _, m in certified_models(report).values():
+        for part in ("utility", "output_forgetting", "representation_forgetting"):
+            for ch in (m.get("certificate") or {}).get(part, {}).get("checks", []):
+                if ch.get("mde") is not None:
+                    mdes.setdefault(ch["name"], []).append(ch["mde"])
+    rows = []
+    for name, t in cert.get("tolerances", {}).items():
+        null = ", ".join(f"{v:+.3f}" for v in t["null"]) or "-"
+        mde = sorted(mdes.get(name, []))
+        rows.append(
+            [
+                name,
+                f"{t['tolerance']:.3f}",
+                t["source"],
+                f"{t['floor']:.3f}",
+                null,
+                "-" if not mde else f"{mde[len(mde) // 2]:.3f}",
+            ]
+        )
+    return header, rows
+
+
+def power_lines(report: dict[str, Any]) -> list[str]:
+    """Markdown lines: whether each forgetting verdict can fail on this run, by its controls."""
+    cert = report.get("audit", {}).get("certificate") or {}
+    lines = []
+    for part, p in cert.get("power", {}).items():
+        shown = ", ".join(f"{c} {s}" for c, s in p["controls"].items()) or "no control needed"
+        what = part.replace("_", " ")
+        lines.append(
+            f"- {what}: {'has power' if p['powered'] else 'NO POWER'} ({shown})"
+            + (f": {p['reason']}" if p.get("reason") else "")
+        )
     return lines
 
 
@@ -242,9 +310,10 @@ def write_markdown(report: dict[str, Any]) -> str:
         parts += [
             "## Relearning attack and reference-free audit",
             "",
-            "Relearning: fine-tuning on a few labeled samples of every class (top model alone, then top and "
-            "bottoms); steps until the forgotten test accuracy reaches the threshold, the mean forgotten "
-            "accuracy over the attack (area) and its gap to retrain's. Reference-free: agreement of the "
+            "Relearning: fine-tuning on a few labeled samples of every class (top model alone; top and "
+            "bottoms; a freshly initialized output layer fitted on the frozen features); steps until the "
+            "forgotten test accuracy reaches the threshold, the mean forgotten accuracy over the attack (area) "
+            "and its gap to retrain's. Reference-free: agreement of the "
             "model's predictions on the forget set with verification models that never saw it.",
             "",
             markdown_table(header, rows),
@@ -259,14 +328,31 @@ def write_markdown(report: dict[str, Any]) -> str:
             "Three independent verdicts per model (see `audits.certificate`): utility (retained test accuracy "
             "close to retrain's), output forgetting (suppression: forgotten accuracy and membership at retrain's "
             "level) and representation forgetting (removal: LPR gaps fused, per party and per layer, CKA closer "
-            "to retrain than to the original, probe recovery). Passing output forgetting alone is suppression, "
-            "never removal.",
+            "to retrain than to the original, probe recovery, relearning). Passing output forgetting alone is "
+            "suppression, never removal; a verdict the run cannot decide is inconclusive, never a pass.",
             "",
             markdown_table(header, rows),
             "",
+            "Controls (built in; see `server.controls`): a verdict counts only where its controls fail it.",
+            "",
+            *power_lines(report),
+            "",
             *certificate_evidence(report),
             "",
-            "Tolerances: " + ", ".join(f"{k} {v:g}" for k, v in t.items()) + ".",
-            "",
         ]
+        header, rows = tolerance_rows(report)
+        if rows:
+            parts += [
+                "### Tolerances",
+                "",
+                "A check passes only when its whole interval is within the tolerance, fails when the point "
+                "estimate is beyond it, and is inconclusive in between. Tolerances are the calibration "
+                "retrains' spread (the quantile of their deviation from retrain), never below the floor; "
+                "MDE: minimum detectable effect (tolerance plus the interval's half width).",
+                "",
+                markdown_table(header, rows, right=(1, 3, 5)),
+                "",
+            ]
+        else:
+            parts += ["Tolerances: " + ", ".join(f"{k} {v:g}" for k, v in t.items()) + ".", ""]
     return "\n".join(parts)

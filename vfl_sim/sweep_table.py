@@ -57,6 +57,8 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("relearning_full_area_gap", "relearning.full.area_gap"),
     ("relearning_top_steps_to_recover", "relearning.top.steps_to_recover"),
     ("relearning_full_steps_to_recover", "relearning.full.steps_to_recover"),
+    ("relearning_head_area_gap", "relearning.head.area_gap"),
+    ("relearning_head_steps_to_recover", "relearning.head.steps_to_recover"),
     ("reference_free_agreement", "reference_free.agreement"),
     ("reference_free_passed", "reference_free.passed"),
     ("feature_recovery_r2", "feature_recovery.fused.r2"),
