@@ -50,8 +50,10 @@ def test_defaults_validate() -> None:
     assert cfg.model.embedding_dim == 32
 
 
-def test_empty_yaml_file_gives_defaults(tmp_path: Path) -> None:
-    assert load_config(_write(tmp_path, "")) == ExperimentConfig()
+def test_empty_yaml_file_is_refused_but_an_empty_mapping_gives_defaults(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"c\.yaml is empty; "):
+        load_config(_write(tmp_path, ""))
+    assert load_config(_write(tmp_path, "{}\n")) == ExperimentConfig()
 
 
 def test_dump_then_load_round_trip(tmp_path: Path) -> None:

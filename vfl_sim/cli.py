@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -29,10 +29,19 @@ EXIT_INPUT_ERROR = 2
 log = logging.getLogger("vfl_sim")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (the usage is for ``-h``), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_INPUT_ERROR, f"error: {self.prog}: {_one_line(message)}; see `{self.prog} -h`\n")
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vfl-sim", description="Vertical federated learning simulator with unlearning audits."
-    )
+    p = _Parser(prog="vfl-sim", description="Vertical federated learning simulator with unlearning audits.")
     p.add_argument("--version", action="version", version=f"vfl-sim {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -121,6 +130,14 @@ def _parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="audit a finished run again from its checkpoints (no training)")
     audit.add_argument("run_dir", type=Path)
+    audit.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change an audit setting for this audit, e.g. --set audit.seed=7 (the model settings must stay)",
+    )
     audit.add_argument("--quiet", "-q", action="store_true", help="no log lines; only the results")
     return p
 
@@ -248,7 +265,10 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # -h, --version, or a usage error (one line already printed)
+        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else EXIT_INPUT_ERROR
     err = Console(stderr=True)
     try:
         from vfl_sim.config import load_config
@@ -301,13 +321,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(tomli_w.dumps(run_config_for(shipped_config(cfg), out, overwrite=args.overwrite)), end="")
             return 0
         if args.command == "audit":
-            from vfl_sim.experiment import prepare
+            from vfl_sim.experiment import RunFolderLock, prepare
 
             console = _setup_logging(args.quiet)
             saved = args.run_dir / "config.yaml"
             if not saved.is_file():
                 raise ConfigError(f"{args.run_dir} is not a run folder (no config.yaml)")
-            report = prepare(load_config(saved, [])).reaudit(args.run_dir)  # parties built here
+            exp = prepare(load_config(saved, args.overrides))
+            with RunFolderLock(args.run_dir):  # it rewrites the report: not while a run writes the folder
+                report = exp.reaudit(args.run_dir)  # parties built here
             print_results(report, Console(width=max(Console().width, 112)))
             if not args.quiet:
                 console.print(f"audited again in {report['audit']['runtime_s']:.2f}s: {args.run_dir}/report.json")
@@ -322,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name:<16} supports {','.join(sorted(cls.supports)):<16} {params}")
             return 0
     except VflSimError as exc:
-        err.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
+        err.print(Text.assemble(("error: ", "bold red"), _one_line(str(exc))), highlight=False, soft_wrap=True)
         return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
         err.print("interrupted; no run folder was written")

@@ -28,9 +28,17 @@ EMBEDDED_DATASETS = ("digits", "breast_cancer", "wine", "synthetic")
 VISION_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn")
 DATASETS = EMBEDDED_DATASETS + VISION_DATASETS
 
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]*$"
+"""A run, sweep or model name: it names folders, so it is one path component (no ``/``, no
+leading ``.``)."""
+MAX_SEED = 2**63 - 1
+MAX_EPOCHS = 100_000
+MAX_COUNT = 1_000_000_000  # samples, batch sizes: more than any machine here holds
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No inf or nan in any float field: `train.lr=.inf` is a typo, not a setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SyntheticConfig(_Section):
@@ -42,10 +50,10 @@ class SyntheticConfig(_Section):
     draws random class means in the same informative columns, as in a Gaussian mixture.
     """
 
-    samples: Annotated[int, Field(ge=20)] = 2000
-    features: Annotated[int, Field(ge=1)] = 20
-    classes: Annotated[int, Field(ge=2)] = 4
-    informative_per_party: Annotated[int, Field(ge=1)] = 4
+    samples: Annotated[int, Field(ge=20, le=MAX_COUNT)] = 2000
+    features: Annotated[int, Field(ge=1, le=1_000_000)] = 20
+    classes: Annotated[int, Field(ge=2, le=100_000)] = 4
+    informative_per_party: Annotated[int, Field(ge=1, le=1_000_000)] = 4
     structure: Literal["planted", "mixed"] = "planted"
     separation: Annotated[float, Field(gt=0)] = 2.0
     noise: Annotated[float, Field(gt=0)] = 1.0
@@ -57,7 +65,7 @@ class DataConfig(_Section):
     download: bool = False
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     # The split has its own seed so that sweeping `seed` varies training, not which samples are held out.
-    split_seed: int = 0
+    split_seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     synthetic: SyntheticConfig = SyntheticConfig()
 
 
@@ -71,7 +79,7 @@ class PartitionConfig(_Section):
     otherwise.
     """
 
-    parties: Annotated[int, Field(ge=1)] = 2
+    parties: Annotated[int, Field(ge=1, le=10_000)] = 2
     scheme: Literal["auto", "strips", "contiguous", "random", "columns"] = "auto"
     columns: list[list[Annotated[int, Field(ge=0)]]] | None = None
 
@@ -136,9 +144,9 @@ class TrainConfig(OptimConfig):
     smaller ``lr``.
     """
 
-    epochs: Annotated[int, Field(ge=1)] = 30
-    batch_size: Annotated[int, Field(ge=1)] = 64
-    local_steps: Annotated[int, Field(ge=1)] = 1
+    epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 30
+    batch_size: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 64
+    local_steps: Annotated[int, Field(ge=1, le=10_000)] = 1
 
 
 class ForgetConfig(_Section):
@@ -201,7 +209,8 @@ class MethodSpec(_Section):
 
     name: str
     params: dict[str, Any] = {}
-    label: str | None = None
+    # The label names the model's checkpoint folder: one path component.
+    label: Annotated[str, Field(min_length=1, max_length=100, pattern=NAME_PATTERN)] | None = None
 
     @property
     def model_name(self) -> str:
@@ -209,13 +218,18 @@ class MethodSpec(_Section):
 
 
 class CertificateThresholds(_Section):
-    """Tolerances of the forgetting certificate (:mod:`audits.certificate`), as fractions.
+    """Tolerance floors of the forgetting certificate (:mod:`audits.certificate`), as fractions.
+
+    With calibration (``audit.calibration``) the tolerance of a check is the calibrated
+    retrain-vs-retrain spread of that check, never below these floors; with
+    ``audit.calibration.retrains: 0`` these values are the tolerances.
 
     Each is how far a model may be from the retrained reference and still pass that check:
     ``utility`` (retained test accuracy below retrain's), ``forget_accuracy`` (forgotten
     accuracy, either side of retrain's), ``membership_auc`` (membership attack AUC, either side
     of retrain's), ``lpr_gap`` (mean LPR gap of the fused and of every party's embedding),
-    ``layer_lpr_gap`` (LPR gap at every bottom-model layer: one split, so a wider tolerance),
+    ``layer_lpr_gap`` (mean LPR gap at every bottom-model layer: a wider floor, since early
+    layers of every model hold more of the input),
     ``class_recovery`` (multi-class probe accuracy on the forgotten classes above retrain's),
     ``feature_recovery_gap`` (R^2 gap of the removed columns, party and feature requests),
     ``party_dependence`` (share of predictions that change when a departed party's embedding is
@@ -235,23 +249,31 @@ class CertificateThresholds(_Section):
 
 
 class RelearningConfig(_Section):
-    """The relearning attack of class requests (:mod:`server.relearning`): ``steps`` full-batch
-    SGD updates (``lr``, momentum 0.9) on ``per_class`` labeled training samples of every class,
-    in each of ``phases`` (``top``: the top model alone; ``full``: top and every bottom);
-    ``threshold`` is the forgotten accuracy that counts as recovered."""
+    """The relearning attack of class requests (:mod:`server.relearning`) on ``per_class``
+    labeled training samples of every class, in each of ``phases``: ``top`` (the top model
+    alone) and ``full`` (top and every bottom) take ``steps`` full-batch SGD updates (``lr``,
+    momentum 0.9); ``head`` re-initializes the top model's output layer and fits it alone on
+    the frozen features, ``head_steps`` full-batch Adam updates at ``head_lr`` (an edit of the
+    output layer alone, such as a masked class, cannot hide from it). ``threshold`` is the
+    forgotten accuracy that counts as recovered."""
 
     enabled: bool = True
     steps: Annotated[int, Field(ge=1, le=1000)] = 10
     per_class: Annotated[int, Field(ge=1)] = 8
     lr: Annotated[float, Field(gt=0)] = 0.01
-    phases: list[Literal["top", "full"]] = ["top", "full"]
+    phases: list[Literal["top", "full", "head"]] = ["top", "full", "head"]
+    head_steps: Annotated[int, Field(ge=1, le=10000)] = 50
+    """Updates of the re-initialized output layer in the ``head`` phase (50: enough for a fresh
+    layer to fit the attack set on digits)."""
+    head_lr: Annotated[float, Field(gt=0)] = 0.1
+    """Adam learning rate of the ``head`` phase."""
     threshold: Annotated[float, Field(gt=0, le=1)] = 0.5
 
     @field_validator("phases")
     @classmethod
     def _phases(cls, value: list[str]) -> list[str]:
         if not value or len(set(value)) != len(value):
-            raise ValueError("list each of top and full at most once, and at least one of them")
+            raise ValueError("list each of top, full and head at most once, and at least one of them")
         return value
 
 
@@ -262,6 +284,17 @@ class ReferenceFreeConfig(_Section):
     enabled: bool = True
     models: Annotated[int, Field(ge=2, le=50)] = 5
     fraction: Annotated[float, Field(gt=0, le=1)] = 0.15
+
+
+class CalibrationConfig(_Section):
+    """Calibration of the certificate's tolerances (:mod:`audits.certificate`): ``retrains``
+    extra retrained models, each from its own initialization and batch order, audited like any
+    model; the tolerance of a check is the ``quantile`` of its spread among them (each one's
+    deviation from ``retrain``), never below the floor in ``audit.certificate``. ``retrains: 0``
+    turns calibration off: the floors are the tolerances."""
+
+    retrains: Annotated[int, Field(ge=0, le=20)] = 2
+    quantile: Annotated[float, Field(gt=0, le=1)] = 0.95
 
 
 class AuditorSpec(_Section):
@@ -280,7 +313,12 @@ class AuditConfig(_Section):
     probe_C: Annotated[float, Field(gt=0)] = 1.0
     max_samples: Annotated[int, Field(ge=10)] = 5000
     probe_repeats: Annotated[int, Field(ge=1, le=100)] = 5
+    seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
+    """Seed of the audit's own randomness (audit samples, probe splits, bootstraps, the
+    relearning attack's samples); unset: derived from ``seed``. Re-auditing a run with other
+    audit seeds shows how much a verdict owes to them."""
     certificate: CertificateThresholds = CertificateThresholds()
+    calibration: CalibrationConfig = CalibrationConfig()
     relearning: RelearningConfig = RelearningConfig()
     reference_free: ReferenceFreeConfig = ReferenceFreeConfig()
     plots: bool = True
@@ -370,11 +408,12 @@ class RayConfig(_Section):
 class ExperimentConfig(_Section):
     """The whole experiment: data, partition, models, training, forget request, methods, audit."""
 
-    name: str = "experiment"
-    seed: int = 0
+    # The default run folder is runs/<name>-<time>: a name is one path component.
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=NAME_PATTERN)] = "experiment"
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     runtime: Literal["local", "flower-sim", "flower-deploy", "ray"] = "local"
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    threads: Annotated[int, Field(ge=0)] = 0
+    threads: Annotated[int, Field(ge=0, le=4096)] = 0
     plugins: list[str] = []
     data: DataConfig = DataConfig()
     partition: PartitionConfig = PartitionConfig()
@@ -433,6 +472,8 @@ def _format_validation_error(err: ValidationError) -> str:
         allowed = _allowed_keys(first["loc"][:-1])
         where = f" in {parent}" if parent else ""
         return f"unknown field '{first['loc'][-1]}'{where}; allowed: {', '.join(allowed)}"
+    if first["type"] == "string_pattern_mismatch" and first.get("ctx", {}).get("pattern") == NAME_PATTERN:
+        msg = "must be one folder name: letters, digits and - _ . = +, not starting with '.'"
     got = first.get("input")
     shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
     prefix = f"{loc}: " if loc else ""
@@ -463,12 +504,81 @@ def _model_in(annotation: Any) -> Any:
     return None
 
 
-def _parse_scalar(text: str) -> Any:
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one YAML mapping (PyYAML would keep the last silently)."""
+
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"line {line}: duplicate key '{key}' (each key may appear once in a mapping)")
+        self.key, self.line = key, line
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys in a mapping (merge keys ``<<`` aside)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                dup = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if dup:
+                raise DuplicateKeyError(key, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where (PyYAML's own text spans several lines)."""
+    if isinstance(exc, DuplicateKeyError):
+        return str(exc)
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem:
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        return f"{where}{problem}"
+    return " ".join(str(exc).split())
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text to Python values, refusing duplicate keys (raises ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506  (StrictLoader is a SafeLoader)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The YAML file at ``path`` parsed (``None`` when empty); a :class:`ConfigError` names the
+    file when it is missing, unreadable, not UTF-8 text or not valid YAML."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a config file")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file (byte {exc.start} is {data[exc.start : exc.start + 1]!r}); "
+            "save the config as UTF-8 YAML"
+        ) from None
+    try:
+        return parse_yaml(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+
+
+def _parse_scalar(text: str, key: str) -> Any:
     # YAML scalars so that `--set train.lr=1e-3` and `--set forget.classes=[0,1]` behave as in the file.
     try:
-        return yaml.safe_load(text)
+        return parse_yaml(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot parse override value {text!r}: {exc}") from None
+        raise ConfigError(f"override {key!r}: cannot parse value {text!r} as YAML: {_yaml_problem(exc)}") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -480,7 +590,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
         key, value = item.split("=", 1)
         if not all(key.strip().split(".")):
             raise ConfigError(f"override key {key!r} is empty or has an empty part")
-        set_dotted(out, key.strip(), _parse_scalar(value), where=f"override {key!r}")
+        set_dotted(out, key.strip(), _parse_scalar(value, key.strip()), where=f"override {key!r}")
     return out
 
 
@@ -517,14 +627,14 @@ def config_from_dict(raw: Mapping[str, Any], overrides: Iterable[str] = ()) -> E
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
     """Read a YAML config file and validate it with the overrides applied."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        detail = str(exc).replace("\n", " ")
-        raise ConfigError(f"{path}: not valid YAML: {detail}") from None
+    raw = read_yaml(path)
+    if raw is None:  # deliberately not "every default": an empty file is more likely a mistake
+        raise ConfigError(
+            f"{path} is empty; write the settings that differ from the defaults (at least `name: my-run`), "
+            "or `{}` for every default, or run `vfl-sim demo`"
+        )
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: the config must be a mapping of sections (data, partition, model, train, ...)")
     return config_from_dict(raw, overrides)
 
 

@@ -29,3 +29,14 @@ class RegistryError(VflSimError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""
+
+
+class RunFolderError(VflSimError):
+    """A run folder cannot be written, is being written by another process, or is damaged
+    (a missing or unreadable checkpoint or report)."""
+
+
+def os_error_text(exc: OSError) -> str:
+    """An ``OSError`` in a few words: its reason and the path it is about."""
+    reason = exc.strerror or type(exc).__name__
+    return f"{reason}: {exc.filename}" if exc.filename else reason

@@ -13,9 +13,10 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,27 +26,28 @@ from threadpoolctl import threadpool_limits
 
 import server.methods  # noqa: F401  (registers the built-in methods)
 from audits.base import AuditData, Auditor, ModelEmbeddings, get_auditor
-from audits.certificate import RETRAIN, certify
+from audits.certificate import RETRAIN, Certification, certify_run
 from audits.feature_recovery import FeatureRecoveryAuditor
 from audits.output import OutputAuditor
 from audits.probe import stratified_split
 from audits.reference_free import ReferenceFreeAuditor
 from audits.relearning import compare_relearning
 from audits.representation import RepresentationAuditor, probe_samples
+from server.controls import Control, build_controls, is_reserved
 from server.coordinator import ORIGINAL, UnlearningCoordinator, resolve_forget_request
 from server.ledger import COMPLETED, LEDGER_FILE, RequestLedger
 from server.methods.base import ForgetSet, UnlearningMethod
 from server.methods.registry import available_methods, build_method, get_method
-from server.relearning import default_attack_optim, relearning_curves, relearning_split
+from server.relearning import default_attack_optim, default_head_optim, relearning_curves, relearning_split
 from server.server import Server, count_batches
 from vfl_sim import __version__
 from vfl_sim.config import ALL_METHODS, ExperimentConfig, MethodSpec, dump_config, load_config
 from vfl_sim.data.dataset import VflDataset
 from vfl_sim.data.loaders import load_dataset
 from vfl_sim.data.partition import PartySlice, partition_features
-from vfl_sim.errors import ConfigError
+from vfl_sim.errors import ConfigError, RunFolderError, os_error_text
 from vfl_sim.models.state import reset_parameters
-from vfl_sim.models.zoo import build_bottom, build_top
+from vfl_sim.models.zoo import build_bottom, build_top, resolve_bottom_kind
 from vfl_sim.plots import write_plots
 from vfl_sim.progress import ProgressReporter
 from vfl_sim.protocol import LocalOp
@@ -76,6 +78,13 @@ def import_plugins(modules: list[str]) -> None:
             importlib.import_module(name)
         except ImportError as exc:
             raise ConfigError(f"plugins: cannot import '{name}': {exc}") from None
+        except SyntaxError as exc:
+            where = f"{exc.filename}, line {exc.lineno}" if exc.filename else f"line {exc.lineno}"
+            raise ConfigError(f"plugins: '{name}' has a syntax error ({where}): {exc.msg}") from None
+        except SystemExit as exc:
+            raise ConfigError(f"plugins: '{name}' called sys.exit({exc.code!r}) while being imported") from None
+        except Exception as exc:  # a plugin's own bug, or a name it registers twice
+            raise ConfigError(f"plugins: importing '{name}' failed: {type(exc).__name__}: {exc}") from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,6 +105,7 @@ class Experiment:
     forget: ForgetSet
     methods: list[UnlearningMethod]
     device: torch.device
+    controls: list[Control] = field(default_factory=list)
 
     # -- building ------------------------------------------------------------------------------
 
@@ -113,6 +123,22 @@ class Experiment:
     @property
     def top_seed(self) -> int:
         return derive_seed(self.cfg.seed, "init", "top")
+
+    def audit_seed(self, purpose: str) -> int:
+        """Seed of one source of the audit's randomness (probe splits, bootstrap, attack
+        samples...): derived from ``audit.seed``, or from ``seed`` when that is unset."""
+        base = self.cfg.seed if self.cfg.audit.seed is None else self.cfg.audit.seed
+        return derive_seed(base, purpose)
+
+    @property
+    def all_methods(self) -> list[UnlearningMethod]:
+        """The configured methods, then the built-in controls (:mod:`server.controls`)."""
+        return [*self.methods, *(c.method for c in self.controls)]
+
+    @property
+    def control_roles(self) -> dict[str, str]:
+        """``{model: role}`` of the controls of this run (the original is not among them)."""
+        return {c.method.label: c.role for c in self.controls}
 
     # -- running -------------------------------------------------------------------------------
 
@@ -135,15 +161,36 @@ class Experiment:
         their checkpoints, the rest is run. ``resume=True`` on a completed run with the same
         config is a no-op that returns its report.
 
+        A checkpoint that cannot be read (truncated, overwritten, deleted) counts as absent on
+        ``resume``: its model is trained again (and a completed run with one is reopened).
+
+        The run folder is locked while it is written (a lock file next to it holds the
+        writer's pid): a second writer is refused, and a lock left by a process that died is
+        taken over.
+
         ``transport`` reaches parties that live elsewhere (Flower nodes, Ray actors); by
         default the parties are built in this process. Returns the report (also written as
         ``report.json``).
         """
         out = Path(out_dir)
-        progress = progress or ProgressReporter(enabled=False)
+        with RunFolderLock(out):
+            return self._run_locked(out, progress or ProgressReporter(enabled=False), overwrite, resume, transport)
+
+    def _run_locked(
+        self, out: Path, progress: ProgressReporter, overwrite: bool, resume: bool, transport: Transport | None
+    ) -> dict[str, Any]:
         work = partial_dir(out)
+        reopened = False  # a completed run moved back to its partial folder: never removed
         if resume and not work.exists() and (out / "report.json").is_file():
-            return self._replay_completed(out)
+            self._check_replay(out)
+            damage = self.run_folder_damage(out)
+            if damage is None:
+                log.info("forget request %s is already completed in %s; nothing to do", self.forget.request_id, out)
+                report: dict[str, Any] = json.loads((out / "report.json").read_text())
+                return report
+            log.warning("%s: %s; finishing the run again", out, damage)
+            _replace_folder(out, work)
+            reopened = True
         if resume and work.exists():
             self._check_same_config(work)
             log.info("resuming the partial run in %s", work)
@@ -155,8 +202,11 @@ class Experiment:
                         f"a partial run of {out} exists in {work} (an earlier run was interrupted); "
                         "pass --resume to finish it or --overwrite to start again"
                     )
-                shutil.rmtree(work)
-            work.mkdir(parents=True)
+                _remove_folder(work)
+            try:
+                work.mkdir(parents=True)
+            except OSError as exc:
+                raise RunFolderError(f"cannot write the run folder {out}: {os_error_text(exc)}") from None
         try:
             report = self._run(work, progress, transport)
             if out.exists():
@@ -164,7 +214,7 @@ class Experiment:
             os.replace(work, out)
         except BaseException:
             # An error (or Ctrl-C) before the original model was saved leaves nothing to resume.
-            if not (work / CHECKPOINTS / ORIGINAL / DONE_MARK).exists():
+            if not reopened and not (work / CHECKPOINTS / ORIGINAL / DONE_MARK).exists():
                 shutil.rmtree(work, ignore_errors=True)
             else:
                 log.error("the partial run is kept in %s; rerun with --resume to finish it", work)
@@ -173,7 +223,7 @@ class Experiment:
 
     def _check_same_config(self, folder: Path) -> None:
         saved = folder / "config.yaml"
-        if saved.is_file() and saved.read_text() != dump_config(self.cfg):
+        if saved.is_file() and saved.read_text(errors="replace") != dump_config(self.cfg):
             raise ConfigError(
                 f"{folder} was made with another config than this one; resume it with the config in "
                 f"{saved}, or pass --overwrite to start again"
@@ -196,8 +246,8 @@ class Experiment:
                 f"config in {saved}"
             )
 
-    def _replay_completed(self, out: Path) -> dict[str, Any]:
-        """``resume`` on a completed run: a no-op if its ledger has this request and methods."""
+    def _check_replay(self, out: Path) -> None:
+        """``resume`` on a completed run is a no-op only if its ledger has this request and methods."""
         self._check_same_config(out)
         entry = RequestLedger(out / LEDGER_FILE).get(self.forget.request_id)
         names = [m.label for m in self.methods]
@@ -206,9 +256,36 @@ class Experiment:
                 f"{out} is a completed run without forget request '{self.forget.request_id}' and methods "
                 f"{names}; write to another --out, or pass --overwrite to run again"
             )
-        log.info("forget request %s is already completed in %s; nothing to do", self.forget.request_id, out)
-        report: dict[str, Any] = json.loads((out / "report.json").read_text())
-        return report
+
+    def run_folder_damage(self, out: Path) -> str | None:
+        """What is missing or unreadable in the completed run folder ``out`` (its report, or the
+        checkpoint of the original or of a method), or None when it is intact. Reads the files
+        (without building any party), so it holds where the parties wrote them here."""
+        try:
+            read_report(out)
+            for name in [ORIGINAL, *(m.label for m in self.all_methods)]:
+                if not self._check_checkpoint_files(out / CHECKPOINTS / name, name, [s.party_id for s in self.slices]):
+                    return f"no complete checkpoint of '{name}' under {CHECKPOINTS}/"
+        except RunFolderError as exc:
+            return str(exc)
+        return None
+
+    def _check_checkpoint_files(self, target: Path, name: str, party_ids: list[str]) -> dict[str, Any] | None:
+        """The record (``run.json``) of the complete checkpoint of ``name`` in ``target`` once
+        every file of it reads, None if it is not complete; a :class:`CheckpointError` names a
+        file that is gone or unreadable."""
+        mark = target / DONE_MARK
+        if not mark.is_file():
+            return None
+        try:
+            record = json.loads(mark.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(name, mark, _reason(exc)) from None
+        if not isinstance(record, dict):
+            raise CheckpointError(name, mark, "not a JSON object")
+        for file in ["top", *party_ids]:  # each party reads its own; here only whether it can
+            _load_tensors(target / f"{file}.pt", name, map_location="cpu")
+        return record
 
     def _run(self, work: Path, progress: ProgressReporter, transport: Transport | None) -> dict[str, Any]:
         cfg = self.cfg
@@ -219,7 +296,7 @@ class Experiment:
         server = self.build_server(transport)
         checkpoints = work / CHECKPOINTS
         runs: dict[str, dict[str, Any]] = {}
-        if self.restore_checkpoint(server, ORIGINAL, checkpoints):
+        if self._restored(server, ORIGINAL, checkpoints):
             log.info("loaded the original model from %s", checkpoints / ORIGINAL)
             runs[ORIGINAL] = json.loads((checkpoints / ORIGINAL / DONE_MARK).read_text())
         else:
@@ -233,39 +310,59 @@ class Experiment:
         entry = ledger.open(rid, self.forget.describe(), [m.label for m in self.methods])
         coordinator = UnlearningCoordinator(server, self.forget, cfg.train, seed=cfg.seed, top_seed=self.top_seed)
         for method in self.methods:
-            if method.label in entry.done and self.restore_checkpoint(server, method.label, checkpoints):
+            if method.label in entry.done and self._restored(server, method.label, checkpoints):
                 log.info("%s: already applied to request %s; loaded its checkpoint", method.label, rid)
                 runs[method.label] = entry.done[method.label]
                 continue
             ledger.method_started(rid, method.label)
-            ctx = coordinator.context(method)
-            with progress.phase(method.label, method.estimated_steps(ctx)) as on_step:
-                ctx.on_step = on_step
-                result = coordinator.run(method, ctx)
-            log.info("%s done in %.2fs", method.label, result.runtime_s)
-            runs[method.label] = result.to_dict()
-            self.save_checkpoint(server, method.label, checkpoints, runs[method.label])
+            runs[method.label] = self._apply(server, coordinator, method, progress, checkpoints)
             ledger.method_done(rid, method.label, runs[method.label])
         ledger.completed(rid)
+        # The controls are the audit's, not methods applied to the request: checkpointed (so a
+        # resumed run does not train them again) but not in the ledger.
+        for control in self.controls:
+            label = control.method.label
+            if self._restored(server, label, checkpoints):
+                runs[label] = json.loads((checkpoints / label / DONE_MARK).read_text())
+                continue
+            runs[label] = self._apply(server, coordinator, control.method, progress, checkpoints)
         if server.digests(ORIGINAL) != original_digest:  # a method wrote to the original snapshot
             raise RuntimeError("the original model changed while running methods")
 
-        data, results, timings = self.audit_models(server, list(runs))
+        data, results, timings, certification = self.audit_models(server, list(runs))
         np.savez_compressed(work / "audit_embeddings.npz", **_embedding_arrays(data))  # type: ignore[arg-type]
 
-        report = self.report(runs, results, timings, data)
+        report = self.report(runs, results, timings, data, certification)
         report["ledger"] = [e.to_dict() for e in ledger.entries().values()]
         (work / "report.json").write_text(json.dumps(report, indent=2))
         (work / "report.md").write_text(write_markdown(report))
         self.write_plots(report, work)
         return report
 
+    def _apply(
+        self,
+        server: Server,
+        coordinator: UnlearningCoordinator,
+        method: UnlearningMethod,
+        progress: ProgressReporter,
+        checkpoints: Path,
+    ) -> dict[str, Any]:
+        """Run ``method`` from the original and checkpoint its model; returns its cost."""
+        ctx = coordinator.context(method)
+        with progress.phase(method.label, method.estimated_steps(ctx)) as on_step:
+            ctx.on_step = on_step
+            result = coordinator.run(method, ctx)
+        log.info("%s done in %.2fs", method.label, result.runtime_s)
+        run = result.to_dict()
+        self.save_checkpoint(server, method.label, checkpoints, run)
+        return run
+
     def audit_models(
         self, server: Server, names: list[str]
-    ) -> tuple[AuditData, dict[str, dict[str, Any]], dict[str, float]]:
-        """Gather every model's embeddings, run the auditors and (class requests) the
-        relearning attack, and certify; returns the audit data, ``{model: {section: result}}``
-        and the seconds each step took."""
+    ) -> tuple[AuditData, dict[str, dict[str, Any]], dict[str, float], Certification]:
+        """Gather every model's embeddings (controls included), run the auditors and (class
+        requests) the relearning attack, and certify; returns the audit data, ``{model:
+        {section: result}}``, the seconds each step took and the certification."""
         timings: dict[str, float] = {}
         start = time.perf_counter()
         data = self.gather(server, names)
@@ -276,9 +373,18 @@ class Experiment:
             for name, section in self.relearning(server, names).items():
                 results[name]["relearning"] = section
             timings["relearning"] = time.perf_counter() - start
-        for model, cert in certify(results, self.forget.kind, self.cfg.audit.certificate).items():
+        for name, reason in data.meta.get("diverged", {}).items():
+            results[name]["diverged"] = reason
+        certification = certify_run(
+            results,
+            self.forget.kind,
+            self.cfg.audit.certificate,
+            controls=self.control_roles,
+            quantile=self.cfg.audit.calibration.quantile,
+        )
+        for model, cert in certification.certificates.items():
             results[model]["certificate"] = cert.to_dict()
-        return data, results, timings
+        return data, results, timings, certification
 
     def relearning(self, server: Server, names: list[str]) -> dict[str, dict[str, Any]]:
         """The relearning attack on every model, each phase compared with ``retrain``'s curve."""
@@ -289,7 +395,7 @@ class Experiment:
             self.dataset.test_ids,
             per_class=r.per_class,
             max_eval=self.cfg.audit.max_samples,
-            seed=derive_seed(self.cfg.seed, "relearning-split"),
+            seed=self.audit_seed("relearning-split"),
         )
         optim = default_attack_optim().model_copy(update={"lr": r.lr})
         curves = relearning_curves(
@@ -299,7 +405,9 @@ class Experiment:
             steps=r.steps,
             optim=optim,
             phases=r.phases,
-            seed=derive_seed(self.cfg.seed, "relearn"),
+            head_steps=r.head_steps,
+            head_optim=default_head_optim().model_copy(update={"lr": r.head_lr}),
+            seed=self.audit_seed("relearn"),
         )
         out: dict[str, dict[str, Any]] = {name: {"attack": split.describe()} for name in names}
         for phase, per_model in curves.items():
@@ -328,15 +436,31 @@ class Experiment:
         if not report_path.is_file():
             raise ConfigError(f"{folder} is not a finished run folder (no report.json)")
         self._check_same_models(folder)
-        old: dict[str, Any] = json.loads(report_path.read_text())
-        names = list(old["models"])
+        again = (
+            f"repair the run with `vfl-sim run {folder / 'config.yaml'} --out {folder} --resume` "
+            "(it runs again only what is damaged)"
+        )
+        try:
+            old = read_report(folder)
+        except RunFolderError as exc:
+            raise RunFolderError(f"{exc}; {again}") from None
+        saved = {**old["models"], **old.get("controls", {})}
+        names = list(saved)
         server = self.build_server()
-        missing = [n for n in names if not self.restore_checkpoint(server, n, folder / CHECKPOINTS)]
+        missing = []
+        for n in names:
+            try:
+                if not self.restore_checkpoint(server, n, folder / CHECKPOINTS):
+                    missing.append(n)
+            except CheckpointError as exc:
+                raise RunFolderError(f"{folder}: {exc}; {again}") from None
         if missing:
-            raise ConfigError(f"{folder}: no complete checkpoint of {', '.join(missing)} under {CHECKPOINTS}/")
-        data, results, timings = self.audit_models(server, names)
-        runs = {n: {k: old["models"][n][k] for k in ("runtime_s", "communication")} for n in names}
-        report = self.report(runs, results, timings, data)
+            raise RunFolderError(
+                f"{folder}: no complete checkpoint of {', '.join(missing)} under {CHECKPOINTS}/; {again}"
+            )
+        data, results, timings, certification = self.audit_models(server, names)
+        runs = {n: {k: saved[n][k] for k in ("runtime_s", "communication")} for n in names}
+        report = self.report(runs, results, timings, data, certification)
         if "ledger" in old:
             report["ledger"] = old["ledger"]
         _write_atomic(folder / "report.json", json.dumps(report, indent=2).encode())
@@ -372,7 +496,7 @@ class Experiment:
     def audit_ids(self) -> tuple[np.ndarray, np.ndarray]:
         """The audit samples (ids and their split name), each group capped at ``audit.max_samples``."""
         cap = self.cfg.audit.max_samples
-        rng = np.random.default_rng(derive_seed(self.cfg.seed, "audit-samples"))
+        rng = np.random.default_rng(self.audit_seed("audit-samples"))
 
         def capped(ids: np.ndarray) -> np.ndarray:
             return np.sort(rng.choice(ids, cap, replace=False)) if ids.size > cap else ids
@@ -437,19 +561,28 @@ class Experiment:
         views: dict[str, ModelEmbeddings] = {}
         layers = not self.forget.removes_data_of_a_party  # only the representation audit probes layers
         shuffled: dict[str, np.ndarray] = {}
+        diverged: dict[str, str] = {}
         for name in models:
-            server.load_state(name)
+            loaded = server.load_state(name)
             embeddings, per_layer = server.embed(torch.from_numpy(ids), layers=layers)
             logits = server.logits(embeddings).cpu().numpy()
             if self.forget.kind == "party":
                 shuffled[name] = self._logits_with_party_shuffled(server, embeddings)
-            views[name] = ModelEmbeddings(
+            view = ModelEmbeddings(
                 parties={pid: e.cpu().numpy() for pid, e in zip(server.party_ids, embeddings)},
                 logits=logits,
                 # The last named layer is the embedding itself, already probed as the party's view.
                 layers={pid: {k: t.cpu().numpy() for k, t in list(d.items())[:-1]} for pid, d in per_layer.items()},
             )
-        meta = {**frame.meta, "shuffled_party_logits": shuffled} if shuffled else frame.meta
+            reason = _divergence(server.states[name], loaded, view)
+            if reason is not None:
+                log.warning("%s diverged (%s): it is reported, not certified", name, reason)
+                diverged[name] = reason
+                view = _finite_view(view)  # the auditors run on zeros; the certificate ignores them
+            views[name] = view
+        meta = {**frame.meta, "shuffled_party_logits": shuffled} if shuffled else dict(frame.meta)
+        if diverged:
+            meta["diverged"] = diverged
         return AuditData(
             kind=frame.kind, labels=frame.labels, split=frame.split, forget=frame.forget, models=views, meta=meta
         )
@@ -459,7 +592,7 @@ class Experiment:
         samples: a model that no longer reads the party answers exactly as before. (A party
         that left is not asked for embeddings; the server reads zeros for it.)"""
         k = server.party_ids.index(str(self.forget.party))
-        perm = torch_generator(derive_seed(self.cfg.seed, "party-shuffle"))
+        perm = torch_generator(self.audit_seed("party-shuffle"))
         order = torch.randperm(embeddings[k].shape[0], generator=perm)
         swapped = [e[order.to(e.device)] if i == k else e for i, e in enumerate(embeddings)]
         return server.logits(swapped).cpu().numpy()
@@ -468,13 +601,13 @@ class Experiment:
         """Run the auditors on the gathered arrays; returns ``{model: {section: result}}``
         (``timings`` gets the seconds each auditor took)."""
         a = self.cfg.audit
-        auditors: list[Auditor] = [OutputAuditor(seed=derive_seed(self.cfg.seed, "membership"))]
+        auditors: list[Auditor] = [OutputAuditor(seed=self.audit_seed("membership"))]
         if not self.forget.removes_data_of_a_party:  # the probe looks for forgotten samples
             auditors.append(
                 RepresentationAuditor(
                     eval_fraction=a.probe_eval_fraction,
                     C=a.probe_C,
-                    seed=derive_seed(self.cfg.seed, "probe"),
+                    seed=self.audit_seed("probe"),
                     repeats=a.probe_repeats,
                 )
             )
@@ -483,14 +616,14 @@ class Experiment:
                     ReferenceFreeAuditor(
                         n_models=a.reference_free.models,
                         fraction=a.reference_free.fraction,
-                        seed=derive_seed(self.cfg.seed, "reference_free"),
+                        seed=self.audit_seed("reference_free"),
                     )
                 )
         else:  # a party's columns went: can the remaining embeddings still read them?
             auditors.append(
                 FeatureRecoveryAuditor(
                     eval_fraction=a.probe_eval_fraction,
-                    seed=derive_seed(self.cfg.seed, "feature_recovery"),
+                    seed=self.audit_seed("feature_recovery"),
                     repeats=a.probe_repeats,
                 )
             )
@@ -522,18 +655,41 @@ class Experiment:
         os.replace(tmp, target / DONE_MARK)
 
     def restore_checkpoint(self, server: Server, name: str, folder: Path) -> bool:
-        """Load snapshot ``name`` from a complete checkpoint (server and parties); False if none."""
+        """Load snapshot ``name`` from a complete checkpoint (server and parties); False if none.
+
+        Raises
+        ------
+        CheckpointError
+            A file of the checkpoint is gone or cannot be read (truncated, overwritten), or
+            holds another model; nothing is loaded then.
+        """
         target = folder / name
-        if not (target / DONE_MARK).is_file():
+        if self._check_checkpoint_files(target, name, server.party_ids) is None:
             return False
-        server.states[name] = torch.load(target / "top.pt", map_location=server.device, weights_only=True)
-        server.transport.exchange(
-            {
-                pid: LocalOp("load_checkpoint", {"path": str(target / f"{pid}.pt"), "name": name})
-                for pid in server.party_ids
-            }
-        )
+        top = _load_tensors(target / "top.pt", name, map_location=server.device)
+        want = {k: tuple(v.shape) for k, v in server.top.state_dict().items()}
+        if {k: tuple(v.shape) for k, v in top.items()} != want:
+            raise CheckpointError(name, target / "top.pt", "its tensors do not fit this config's top model")
+        try:
+            server.transport.exchange(
+                {
+                    pid: LocalOp("load_checkpoint", {"path": str(target / f"{pid}.pt"), "name": name})
+                    for pid in server.party_ids
+                }
+            )
+        except Exception as exc:  # a party could not read what this process could
+            raise CheckpointError(name, target, _reason(exc)) from None
+        server.states[name] = top
         return True
+
+    def _restored(self, server: Server, name: str, folder: Path) -> bool:
+        """:meth:`restore_checkpoint`, with an unreadable checkpoint taken as absent (logged),
+        so that ``resume`` runs that model again."""
+        try:
+            return self.restore_checkpoint(server, name, folder)
+        except CheckpointError as exc:
+            log.warning("%s; running '%s' again", exc, name)
+            return False
 
     def report(
         self,
@@ -541,8 +697,18 @@ class Experiment:
         results: dict[str, dict[str, Any]],
         timings: dict[str, float],
         data: AuditData,
+        certification: Certification,
     ) -> dict[str, Any]:
-        models = {name: {**runs[name], **results[name]} for name in runs}
+        roles = self.control_roles
+        models = {name: {**runs[name], **results[name]} for name in runs if name not in roles}
+        controls = {name: {"role": roles[name], **runs[name], **results[name]} for name in runs if name in roles}
+        # Training the controls is part of what the audit costs (counted in runtime_s), apart
+        # from the audit's own steps.
+        timings = dict(timings)
+        for role, key in (("calibration", "calibration"), ("negative", "controls"), ("suppression", "controls")):
+            spent = sum(runs[n]["runtime_s"] for n, r in roles.items() if r == role and n in runs)
+            if any(r == role for r in roles.values()):
+                timings[key] = timings.get(key, 0.0) + spent
         return {
             "schema_version": SCHEMA_VERSION,
             "vfl_sim_version": __version__,
@@ -556,9 +722,21 @@ class Experiment:
                 "runtime_s": sum(timings.values()),
                 "timings_s": timings,
                 "samples": {g: int(data.mask(g).sum()) for g in ("test", "forget_train", "retain_train")},
+                "seed": self.cfg.seed if self.cfg.audit.seed is None else self.cfg.audit.seed,
                 "certificate_thresholds": self.cfg.audit.certificate.model_dump(),
+                "certificate": {
+                    "controls": roles,
+                    "calibration": {
+                        "retrains": list(certification.calibration),
+                        "quantile": self.cfg.audit.calibration.quantile,
+                        "enabled": bool(certification.calibration),
+                    },
+                    "power": certification.power,
+                    "tolerances": certification.tolerances_dict(),
+                },
             },
             "models": models,
+            "controls": controls,
         }
 
 
@@ -571,6 +749,41 @@ def build_auditor(name: str, params: dict[str, Any]) -> Auditor:
         return cls(**params)
     except TypeError as exc:
         raise ConfigError(f"audit.auditors.{name}.params: {exc}") from None
+
+
+def _divergence(top: dict[str, torch.Tensor], parties: dict[str, dict[str, Any]], view: ModelEmbeddings) -> str | None:
+    """Why a model is not one that can be audited (a non-finite weight, embedding or output),
+    or ``None``: ``top`` is its top model's state, ``parties`` what each party answered when
+    the model was loaded."""
+    bad_top = next((k for k, t in top.items() if t.is_floating_point() and not t.isfinite().all()), None)
+    if bad_top is not None:
+        return f"non-finite top-model tensor {bad_top}"
+    for pid, info in parties.items():
+        if info.get("finite") is False:
+            return f"non-finite bottom-model tensor {info['tensor']} at {pid}"
+    for pid, e in view.parties.items():
+        if not np.isfinite(e).all():
+            return f"non-finite embeddings from {pid}"
+    if not np.isfinite(view.logits).all():
+        return "non-finite outputs"
+    for pid, layers in view.layers.items():
+        for layer, a in layers.items():
+            if not np.isfinite(a).all():
+                return f"non-finite activations at {pid}/{layer}"
+    return None
+
+
+def _finite_view(view: ModelEmbeddings) -> ModelEmbeddings:
+    """``view`` with every non-finite number replaced by 0 (a diverged model's arrays)."""
+
+    def clean(a: np.ndarray) -> np.ndarray:
+        return np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+
+    return ModelEmbeddings(
+        parties={pid: clean(e) for pid, e in view.parties.items()},
+        logits=clean(view.logits),
+        layers={pid: {k: clean(a) for k, a in d.items()} for pid, d in view.layers.items()},
+    )
 
 
 def _embedding_arrays(data: AuditData) -> dict[str, np.ndarray]:
@@ -590,6 +803,51 @@ def _embedding_arrays(data: AuditData) -> dict[str, np.ndarray]:
     return arrays
 
 
+class CheckpointError(RunFolderError):
+    """A checkpoint file of a run folder is gone, cannot be read, or holds another model."""
+
+    def __init__(self, model: str, path: Path, reason: str) -> None:
+        super().__init__(f"the checkpoint of '{model}' is unreadable: {path}: {reason}")
+        self.model, self.path, self.reason = model, path, reason
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception in one short line (its type and the first line of its message)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0].split(". ")[0] if lines else ""  # torch's messages run on with advice
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _load_tensors(path: Path, model: str, **kwargs: Any) -> dict[str, torch.Tensor]:
+    """A state dict saved with ``torch.save``; a :class:`CheckpointError` when it cannot be."""
+    try:
+        state = torch.load(path, weights_only=True, **kwargs)
+    except Exception as exc:  # truncated, not a torch file, gone: torch raises many kinds
+        raise CheckpointError(model, path, _reason(exc)) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(model, path, "not a state dict of tensors")
+    return state
+
+
+def read_report(folder: Path) -> dict[str, Any]:
+    """The ``report.json`` of a finished run, checked for what a re-audit and a resume read;
+    a :class:`RunFolderError` names the file when it is unreadable."""
+    path = folder / "report.json"
+    try:
+        report = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise RunFolderError(f"{path} is unreadable ({_reason(exc)})") from None
+    models = report.get("models") if isinstance(report, dict) else None
+    if not isinstance(models, dict) or not all(
+        isinstance(m, dict) and "runtime_s" in m and "communication" in m for m in models.values()
+    ):
+        raise RunFolderError(f"{path} is damaged (no 'models' with each model's runtime_s and communication)")
+    return report
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
@@ -602,9 +860,254 @@ def partial_dir(out: Path) -> Path:
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to replace a non-empty run folder unless asked to."""
+    """Refuse a run folder that another process is writing, that is a file or cannot be
+    written, and a non-empty one unless asked to replace it."""
+    owner = lock_owner(out)
+    if owner is not None and owner != (os.getpid(), socket.gethostname()) and _alive(owner, lock_file(out)):
+        raise _locked(out, owner)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and not os.access(out, os.R_OK | os.W_OK | os.X_OK):
+        raise RunFolderError(f"output folder {out} is not writable (permissions, or an immutable folder)")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"output folder {out} exists and is not empty; choose another --out or pass --overwrite")
+    above = _existing_ancestor(out.parent)
+    if not above.is_dir():
+        raise RunFolderError(f"--out {out}: {above} is a file, not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise RunFolderError(f"cannot write the run folder {out}: {above} is not writable")
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` or the nearest of its parents that exists (a file, when ``path`` is under one)."""
+    while not (path.exists() or path.is_symlink()) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _remove_folder(folder: Path) -> None:
+    try:
+        shutil.rmtree(folder)
+    except OSError as exc:
+        raise RunFolderError(f"cannot remove {folder}: {os_error_text(exc)}") from None
+
+
+def _replace_folder(src: Path, dst: Path) -> None:
+    try:
+        os.replace(src, dst)
+    except OSError as exc:
+        raise RunFolderError(f"cannot move {src} to {dst}: {os_error_text(exc)}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# One writer per run folder
+
+
+_HELD: set[Path] = set()  # the locks this process holds
+
+
+def lock_file(out: Path) -> Path:
+    """The lock of run folder ``out`` while a process writes it: next to it (and to its partial
+    folder), holding the writer's pid and host."""
+    return out.parent / f".{out.name}.lock"
+
+
+def lock_owner(out: Path) -> tuple[int, str] | None:
+    """``(pid, host)`` of the process that holds the lock of ``out``, None if it is not locked;
+    ``(0, "")`` for a lock that cannot be read (one being written, or garbled)."""
+    try:
+        text = lock_file(out).read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return (0, "")
+    pid, _, host = text.strip().partition(" ")
+    return (int(pid), host) if pid.isdigit() else (0, "")
+
+
+def _alive(owner: tuple[int, str], lock: Path | None = None) -> bool:
+    """Whether the process that wrote a lock may still run: a dead pid on this host is not;
+    a process on another host cannot be checked and counts as running."""
+    pid, host = owner
+    if pid == 0:  # unreadable: a writer between creating the file and writing its pid, or garbage
+        try:
+            return lock is not None and time.time() - lock.stat().st_mtime < 30
+        except OSError:
+            return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _locked(out: Path, owner: tuple[int, str]) -> RunFolderError:
+    pid, host = owner
+    who = f"pid {pid} on {host}" if pid else "a process"
+    return RunFolderError(
+        f"run folder {out} is being written by another vfl-sim process ({who}; lock {lock_file(out)}); "
+        "wait for it to finish or choose another --out (delete the lock only if that process is gone)"
+    )
+
+
+class RunFolderLock:
+    """Hold the lock of run folder ``out`` (the parent folders are made if needed, and removed
+    again if they are still empty on release). The lock file is created atomically
+    (``O_EXCL``); a lock whose process is dead is taken over; a live one raises
+    :class:`RunFolderError`."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.path = lock_file(out)
+        self._made: list[Path] = []
+        self._held = False
+
+    def __enter__(self) -> RunFolderLock:
+        self._made = _make_folders(self.out, self.out.parent)
+        try:
+            self._acquire()
+        except BaseException:
+            self._remove_made()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._held:
+            self.path.unlink(missing_ok=True)
+            _HELD.discard(self.path.absolute())
+            self._held = False
+        self._remove_made()
+
+    def _acquire(self) -> None:
+        me = f"{os.getpid()} {socket.gethostname()}\n".encode()
+        for _ in range(5):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                owner = lock_owner(self.out)
+                if owner is None:
+                    continue  # released meanwhile
+                mine = owner == (os.getpid(), socket.gethostname())
+                # A lock with this pid that this process does not hold was left by an earlier
+                # process with the same pid (pids start low again in a restarted container).
+                if (self.path.absolute() in _HELD) if mine else _alive(owner, self.path):
+                    raise _locked(self.out, owner) from None
+                self._take_over_stale(owner)
+                continue
+            except OSError as exc:
+                raise RunFolderError(f"cannot write the run folder {self.out}: {os_error_text(exc)}") from None
+            try:
+                os.write(fd, me)
+            finally:
+                os.close(fd)
+            self._held = True
+            _HELD.add(self.path.absolute())
+            return
+        raise _locked(self.out, lock_owner(self.out) or (0, ""))
+
+    def _take_over_stale(self, owner: tuple[int, str]) -> None:
+        """Remove the lock left by dead ``owner``, unless another process took it over first
+        (the rename is atomic: of two processes, one gets the stale file)."""
+        aside = self.path.with_name(f"{self.path.name}.{os.getpid()}.stale")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        pid, _, host = aside.read_text(errors="replace").strip().partition(" ")
+        if (int(pid) if pid.isdigit() else 0, host) == owner:
+            log.warning("taking over the lock of %s left by pid %d, which is gone", self.out, owner[0])
+            aside.unlink(missing_ok=True)
+            return
+        try:  # it was a fresh lock of another writer: put it back (link never replaces one)
+            os.link(aside, self.path)
+        except OSError:
+            pass
+        aside.unlink(missing_ok=True)
+
+    def _remove_made(self) -> None:
+        for folder in reversed(self._made):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self._made = []
+
+
+def _make_folders(out: Path, folder: Path) -> list[Path]:
+    """Make ``folder`` and its missing parents; returns those made, outermost first. A
+    :class:`RunFolderError` names the path when one cannot be made (a file in the way,
+    permissions); what was made is removed again then."""
+    missing: list[Path] = []
+    above = folder
+    while not (above.exists() or above.is_symlink()) and above != above.parent:
+        missing.append(above)
+        above = above.parent
+    if not above.is_dir():
+        raise RunFolderError(f"--out {out}: {above} is a file, not a folder")
+    made: list[Path] = []
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if not path.is_dir():
+                raise RunFolderError(f"--out {out}: {path} is a file, not a folder") from None
+            continue
+        except OSError as exc:
+            for done in reversed(made):
+                done.rmdir()
+            raise RunFolderError(f"cannot write the run folder {out}: {os_error_text(exc)}") from None
+        made.append(path)
+    return made
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine, None where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_model_memory(cfg: ExperimentConfig, shapes: list[tuple[int, ...]], num_classes: int) -> None:
+    """Refuse model sizes this machine cannot hold, before anything is allocated.
+
+    The bottoms and the top are built on the ``meta`` device (shapes only, no memory) and
+    their parameters counted; a run holds each as float32 weights, gradients, optimizer state
+    and one saved copy per model (the original and every method).
+    """
+    m = cfg.model
+    widths = {"model.embedding_dim": m.embedding_dim}
+    kinds = {resolve_bottom_kind(m, shape) for shape in shapes}
+    if "mlp" in kinds and m.bottom_hidden:
+        widths["model.bottom_hidden"] = max(m.bottom_hidden)
+    if "cnn" in kinds and m.cnn_channels:
+        widths["model.cnn_channels"] = max(m.cnn_channels)
+    if m.top == "mlp" and m.top_hidden:
+        widths["model.top_hidden"] = max(m.top_hidden)
+    field = max(widths, key=lambda k: widths[k])
+    try:
+        with torch.device("meta"):
+            params = sum(sum(p.numel() for p in build_bottom(m, shape).parameters()) for shape in shapes)
+            top = build_top(m, [m.embedding_dim] * len(shapes), num_classes)
+            params += sum(p.numel() for p in top.parameters())
+    except ConfigError:
+        raise
+    except Exception as exc:  # sizes beyond what torch can index
+        raise ConfigError(f"{field} ({widths[field]}) is too large to build the models ({_reason(exc)})") from None
+    models = 1 + len(expand_methods(cfg.methods, cfg.forget.kind))
+    optimizer = 2 if cfg.train.optimizer == "adam" else 1
+    need = 4 * params * (2 + optimizer + models)
+    have = physical_memory()
+    if have is not None and need > have:
+        raise ConfigError(
+            f"{field} ({widths[field]}) makes the models too large: they need about {need / 1e9:,.1f} GB "
+            f"({params:,} parameters as weights, gradients, optimizer state and {models} saved copies), more than "
+            f"this machine's {have / 1e9:,.1f} GB of memory; lower it"
+        )
 
 
 def expand_methods(specs: list[MethodSpec], kind: str) -> list[MethodSpec]:
@@ -630,7 +1133,9 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
     device = resolve_device(cfg.device)
     dataset = load_dataset(cfg.data, parties=cfg.partition.parties, seed=cfg.seed)
     slices = partition_features(cfg.partition, dataset.sample_shape, derive_seed(cfg.seed, "partition"))
-    for shape in party_shapes(dataset, slices):
+    shapes = party_shapes(dataset, slices)
+    check_model_memory(cfg, shapes, dataset.num_classes)  # before any model is allocated
+    for shape in shapes:
         build_bottom(cfg.model, shape)  # raises ConfigError when a bottom does not fit its party
     forget = resolve_forget_request(
         cfg.forget,
@@ -643,10 +1148,18 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
         column_names=dataset.column_names,
     )
     methods = [build_method(m.name, m.params, forget.kind, m.label) for m in expand_methods(cfg.methods, forget.kind)]
+    reserved = [m.label for m in methods if is_reserved(m.label)]
+    if reserved:
+        raise ConfigError(
+            f"methods: '{reserved[0]}' is the name of a built-in control or reference model; "
+            "give the method another label"
+        )
+    retrain = next((m for m in methods if m.label == RETRAIN), None)
+    controls = build_controls(forget.kind, calibration_retrains=cfg.audit.calibration.retrains, retrain=retrain)
     for auditor in AUDITORS:
         get_auditor(auditor)
     for spec in cfg.audit.auditors:
         build_auditor(spec.name, spec.params)  # unknown names and bad params fail before training
-    exp = Experiment(cfg, dataset, slices, forget, methods, device)
+    exp = Experiment(cfg, dataset, slices, forget, methods, device, controls)
     exp.check_audit()
     return exp

@@ -42,8 +42,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from vfl_sim.config import ExperimentConfig, apply_overrides, config_from_dict, deep_copy, dump_config, set_dotted
-from vfl_sim.errors import ConfigError, VflSimError
+from vfl_sim.config import (
+    NAME_PATTERN,
+    ExperimentConfig,
+    apply_overrides,
+    config_from_dict,
+    deep_copy,
+    dump_config,
+    read_yaml,
+    set_dotted,
+)
+from vfl_sim.errors import ConfigError, RunFolderError, VflSimError, os_error_text
 from vfl_sim.sweep_table import (
     FAILED,
     FINISHED,
@@ -88,10 +97,10 @@ class SweepSettings(BaseModel):
         ``env_vars``), for clusters where vfl-sim is not installed on the workers.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     axes: dict[str, list[Any]]
-    name: str | None = None
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=NAME_PATTERN)] | None = None
     workers: Annotated[int, Field(ge=1)] | None = None
     gpus_per_cell: Annotated[float, Field(ge=0)] = 0.0
     retries: Annotated[int, Field(ge=0)] = 0
@@ -222,13 +231,7 @@ def _with_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
 
 
 def _read_yaml(path: Path) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        detail = str(exc).replace("\n", " ")
-        raise ConfigError(f"{path}: not valid YAML: {detail}") from None
+    return read_yaml(path) or {}
 
 
 def has_sweep_section(path: str | Path) -> bool:
@@ -352,6 +355,8 @@ def _format_settings_error(err: ValidationError) -> str:
         return f"{SWEEP_SECTION}: unknown field '{first['loc'][-1]}'; allowed: {allowed}"
     if first["type"] == "missing":
         return f"{SWEEP_SECTION}.{loc}: missing (a mapping of dotted config keys to lists of values)"
+    if first["type"] == "string_pattern_mismatch":
+        msg = "must be one folder name: letters, digits and - _ . = +, not starting with '.'"
     got = first.get("input")
     shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
     return f"{SWEEP_SECTION}.{loc}: {msg}{shown}"
@@ -589,12 +594,15 @@ def run_sweep(
         address = None
     _check_out(sweep, out, overwrite)
 
-    if overwrite:
-        shutil.rmtree(out / CELLS, ignore_errors=True)
-        for name in OUTPUTS:
-            (out / name).unlink(missing_ok=True)
-    (out / CELLS).mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / SWEEP_FILE, yaml.safe_dump(sweep.raw, sort_keys=False))
+    try:
+        if overwrite:
+            shutil.rmtree(out / CELLS, ignore_errors=True)
+            for name in OUTPUTS:
+                (out / name).unlink(missing_ok=True)
+        (out / CELLS).mkdir(parents=True, exist_ok=True)
+        _write_atomic(out / SWEEP_FILE, yaml.safe_dump(sweep.raw, sort_keys=False))
+    except OSError as exc:
+        raise RunFolderError(f"cannot write the sweep folder {out}: {os_error_text(exc)}") from None
 
     result = SweepResult(out=out, cells=len(sweep.cells))
     rows: dict[str, list[dict[str, Any]]] = {}

@@ -111,7 +111,7 @@ class UnlearningContext:
 class MethodParams(BaseModel):
     """Hyperparameters of a method; subclasses set the paper's defaults."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class PhaseParams(MethodParams):

@@ -313,9 +313,9 @@ def run_on_ray(
 
     out = Path(out).expanduser().resolve()  # parties write their checkpoints from other processes
     finished = (out / "report.json").is_file() and not partial_dir(out).exists()
-    if resume and finished:
+    if resume and finished and exp.run_folder_damage(out) is None:
         return exp.run(out, progress=progress, resume=True)  # a no-op check: no parties needed
-    if not (resume and partial_dir(out).exists()):
+    if not (resume and (partial_dir(out).exists() or finished)):  # a damaged finished run is resumed
         check_out_dir(out, overwrite)  # before Ray starts
     started = init_ray(exp.cfg)
     transport: RayTransport | None = None
