@@ -3,6 +3,7 @@ calibration retrains, power, and what a do-nothing or output-only method gets.""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,13 @@ import torch
 
 from server.controls import CUT_ONLY, MASK_LOGIT, OUTPUT_MASK, calibration_name, is_reserved
 from server.methods import UnlearningContext, UnlearningMethod, register_method
+from server.methods.registry import METHODS
 from tests.conftest import small_config
 from vfl_sim.config import load_config
 from vfl_sim.errors import ConfigError
 from vfl_sim.experiment import prepare
 
 
-@register_method("test_do_nothing")
 class DoNothing(UnlearningMethod):
     """Acknowledges the request and changes nothing (a lazy or dishonest method)."""
 
@@ -27,7 +28,6 @@ class DoNothing(UnlearningMethod):
         pass
 
 
-@register_method("test_output_bias")
 class OutputBias(UnlearningMethod):
     """An output-only edit: the forgotten classes' classifier bias set to -1e4."""
 
@@ -36,6 +36,17 @@ class OutputBias(UnlearningMethod):
     def unlearn(self, ctx: UnlearningContext) -> None:
         with torch.no_grad():
             ctx.server.top.classifier.bias[list(ctx.forget.classes)] = -1e4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def plugin_methods() -> Iterator[None]:
+    """The two methods above, registered while this module's tests run (other modules run
+    every registered method)."""
+    register_method("test_do_nothing")(DoNothing)
+    register_method("test_output_bias")(OutputBias)
+    yield
+    METHODS.unregister("test_do_nothing")
+    METHODS.unregister("test_output_bias")
 
 
 def certificates(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
