@@ -100,13 +100,17 @@ def test_flower_sim_matches_local(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.timeout(600)
 def test_flower_deploy_trains_forgets_and_audits(tmp_path: Path) -> None:
     """A SuperLink and one SuperNode per party as processes: training, a forget request, every
-    method's protocol and the audit's embedding requests all go through Flower messages."""
+    method's protocol, the built-in control (output_mask) and the audit's embedding requests
+    all go through Flower messages (seconds a round: the deployment runtime starts a process
+    per message)."""
     cfg = _config(
         "flower-deploy",
         train={"epochs": 1, "batch_size": 256},
         methods=[{"name": "neggrad", "params": {"epochs": 1, "batch_size": 256}}],
+        flower={"connect_timeout": 60, "round_timeout": 60, "run_timeout": 540},
     )
     watch = Watch()
     report = run_on_flower(cfg, tmp_path / "run", keep=watch)

@@ -327,7 +327,11 @@ def test_sweep_runs_every_cell(finished_sweep: dict[str, Any]) -> None:
     assert {r["model"] for r in rows} == {"original", "retrain", "finetune"}
     assert {(r["partition.parties"], r["seed"]) for r in rows} == {("2", "0"), ("2", "1"), ("3", "0"), ("3", "1")}
     retrain = [r for r in rows if r["model"] == "retrain"]
-    assert all(float(r["lpr_gap"]) == 0.0 and r["trilemma"] == "removal" for r in retrain)
+    assert all(float(r["lpr_gap"]) == 0.0 for r in retrain)
+    # Retrain passes its own checks; on this tiny 2-epoch run a control may show no power, so
+    # it is removal or inconclusive, never refused.
+    assert all(r["trilemma"] in ("removal", "inconclusive") for r in retrain)
+    assert all("fail" not in (r["output_forgetting"], r["representation_forgetting"]) for r in retrain)
     assert all(r["relearning_top_area_gap"] != "" and r["retain_test_acc"] != "" for r in rows)
     # The table's numbers are the cells' reports.
     cell = sweep.cells[0]

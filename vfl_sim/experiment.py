@@ -45,7 +45,7 @@ from vfl_sim.config import ALL_METHODS, ExperimentConfig, MethodSpec, dump_confi
 from vfl_sim.data.dataset import VflDataset
 from vfl_sim.data.loaders import load_dataset
 from vfl_sim.data.partition import PartySlice, partition_features
-from vfl_sim.errors import ConfigError, RunFolderError, os_error_text
+from vfl_sim.errors import ConfigError, RunFolderError, VflSimError, os_error_text
 from vfl_sim.models.state import reset_parameters
 from vfl_sim.models.zoo import build_bottom, build_top, resolve_bottom_kind
 from vfl_sim.plots import write_plots
@@ -222,8 +222,19 @@ class Experiment:
         return report
 
     def _check_same_config(self, folder: Path) -> None:
+        """Refuse to resume a run made with another config. The saved config is compared as
+        settings, not as text: one written before a version added a setting loads with that
+        setting's default."""
         saved = folder / "config.yaml"
-        if saved.is_file() and saved.read_text(errors="replace") != dump_config(self.cfg):
+        if not saved.is_file():
+            return
+        try:
+            same = saved.read_text(errors="replace") == dump_config(self.cfg) or (
+                load_config(saved).model_dump() == self.cfg.model_dump()
+            )
+        except VflSimError:
+            same = False
+        if not same:
             raise ConfigError(
                 f"{folder} was made with another config than this one; resume it with the config in "
                 f"{saved}, or pass --overwrite to start again"
