@@ -27,6 +27,6 @@ clean:
 	rm -rf $(VENV) runs .pytest_cache
 
 lint: $(STAMP)
-	$(BIN)/ruff check vfl_sim parties server audits tests
-	$(BIN)/ruff format --check vfl_sim parties server audits tests
-	$(BIN)/mypy vfl_sim parties server audits
+	$(BIN)/ruff check vfl_sim tests benchmarks
+	$(BIN)/ruff format --check vfl_sim tests benchmarks
+	$(BIN)/mypy vfl_sim

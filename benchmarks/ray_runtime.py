@@ -30,12 +30,12 @@ from typing import Any
 import ray
 import torch
 
-from server.server import Server, count_batches, make_batches
 from vfl_sim.config import ExperimentConfig, config_from_dict, load_config
 from vfl_sim.experiment import Experiment, prepare
 from vfl_sim.protocol import Embed
 from vfl_sim.runtimes.ray_runtime import init_ray, ray_transport
 from vfl_sim.seeding import seed_everything, torch_generator
+from vfl_sim.server.server import Server, count_batches, make_batches
 
 
 def _epochs(exp: Experiment, server: Server, epochs: int) -> tuple[float, int]:

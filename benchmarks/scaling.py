@@ -46,7 +46,7 @@ local runtime (the first point carries the per-step cost of the top model and th
 Ray is not linear from 2k to 20k samples: its rounds got 40 % dearer. Profiled by timing every
 round: the cost per round is flat within an epoch (no build-up), but it depends on the
 dataset size, because each minibatch of ids is a view into the epoch's shuffled id tensor
-(``torch.split`` in ``server.server.make_batches``) and pickling a view writes its whole
+(``torch.split`` in ``vfl_sim.server.server.make_batches``) and pickling a view writes its whole
 storage: every ``Embed`` carries all n ids (16 KB at 2k, 160 KB at 20k, 1.6 MB at 200k)
 instead of 1 KB. Above Ray's 100 KB inline limit the argument goes through the object store,
 which costs a few ms per call. Compacting the batches (``b.clone()``) took a 200k-sample epoch

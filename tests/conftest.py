@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 import torch
 
-from server.coordinator import ORIGINAL, UnlearningCoordinator
-from server.server import Server
 from vfl_sim.config import ExperimentConfig, config_from_dict
 from vfl_sim.experiment import Experiment, prepare
+from vfl_sim.server.coordinator import ORIGINAL, UnlearningCoordinator
+from vfl_sim.server.server import Server
 
 torch.set_num_threads(1)
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audits import AuditData, ModelEmbeddings
-from audits.output import OutputAuditor
-from audits.representation import RepresentationAuditor
+from vfl_sim.audits import AuditData, ModelEmbeddings
+from vfl_sim.audits.output import OutputAuditor
+from vfl_sim.audits.representation import RepresentationAuditor
 
 CLASSES, D = 4, 12
 

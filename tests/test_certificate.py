@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from audits.certificate import CertificateThresholds, certify, certify_run, trilemma_region
 from tests.conftest import small_config
+from vfl_sim.audits.certificate import CertificateThresholds, certify, certify_run, trilemma_region
 from vfl_sim.experiment import prepare
 from vfl_sim.report import write_markdown
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from audits.cka import LinearCKA, linear_cka
+from vfl_sim.audits.cka import LinearCKA, linear_cka
 
 
 @pytest.fixture

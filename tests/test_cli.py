@@ -296,11 +296,11 @@ def test_tiny_dataset_fails_cleanly_or_runs(tiny: Path, tmp_path: Path, capsys: 
 
 def test_readme_plugin_method_runs_from_yaml(tmp_path, monkeypatch) -> None:
     """The README's extension example: a user module listed under plugins adds a method."""
-    from server.methods.registry import METHODS as METHOD_REGISTRY
+    from vfl_sim.server.methods.registry import METHODS as METHOD_REGISTRY
 
     (tmp_path / "mymethods_readme.py").write_text(
         "import torch.nn.functional as F\n"
-        "from server.methods import PhaseParams, UnlearningContext, UnlearningMethod, register_method\n\n"
+        "from vfl_sim.server.methods import PhaseParams, UnlearningContext, UnlearningMethod, register_method\n\n"
         "class LabelFlipParams(PhaseParams):\n    epochs: int = 3\n\n"
         "@register_method('label_flip')\n"
         "class LabelFlip(UnlearningMethod):\n"
@@ -388,11 +388,11 @@ def test_bench_without_a_config_runs_the_built_in_cases(monkeypatch: pytest.Monk
 def test_readme_plugin_auditor_runs_from_yaml(tmp_path, monkeypatch) -> None:
     """The README's auditor example: a user module under plugins adds an audit section, and a
     bad auditor entry is an input error before anything is written."""
-    from audits.base import AUDITORS as AUDITOR_REGISTRY
+    from vfl_sim.audits.base import AUDITORS as AUDITOR_REGISTRY
 
     (tmp_path / "myaudits_readme.py").write_text(
         "import numpy as np\n"
-        "from audits import AuditData, Auditor, register_auditor\n\n"
+        "from vfl_sim.audits import AuditData, Auditor, register_auditor\n\n"
         "@register_auditor('logit_margin')\n"
         "class LogitMargin(Auditor):\n"
         "    def __init__(self, *, top: int = 2) -> None:\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audits.consistency import RetrainConsistency, retrain_consistency
+from vfl_sim.audits.consistency import RetrainConsistency, retrain_consistency
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from sklearn.metrics import r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-import audits.feature_recovery as fr
-from audits.base import AuditData, ModelEmbeddings, get_auditor
-from audits.feature_recovery import (
+import vfl_sim.audits.feature_recovery as fr
+from vfl_sim.audits.base import AuditData, ModelEmbeddings, get_auditor
+from vfl_sim.audits.feature_recovery import (
     FeatureRecovery,
     FeatureRecoveryAuditor,
     FeatureRecoveryGap,

@@ -14,8 +14,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from parties.party import Party
-from server.server import Server, count_batches, make_batches
 from tests.conftest import small_config
 from tests.test_flower_state import EphemeralTransport
 from vfl_sim.config import ExperimentConfig, ModelConfig, OptimConfig
@@ -24,8 +22,10 @@ from vfl_sim.experiment import prepare
 from vfl_sim.models.top import TopModel, fuse
 from vfl_sim.models.zoo import build_bottom, build_top
 from vfl_sim.optim import build_optimizer, build_scheduler, clear_grads
+from vfl_sim.parties.party import Party
 from vfl_sim.protocol import Ack, Backward, Embed, EmbedReply, LocalOp, Reply, Request, tensor_nbytes
 from vfl_sim.runtimes.flower_codec import decode_request, encode_request
+from vfl_sim.server.server import Server, count_batches, make_batches
 from vfl_sim.transport import LocalTransport, Transport
 
 SGD = OptimConfig(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="constant")

@@ -122,7 +122,7 @@ def test_privacy_of_every_message_of_a_run(tmp_path) -> None:
     embeddings (with layer activations for audits) and small metrics."""
     import numpy as np
 
-    from parties.party import registered_ops
+    from vfl_sim.parties.party import registered_ops
 
     cfg = _cfg()
     exp = prepare(cfg)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from server.coordinator import resolve_forget_request
 from vfl_sim.config import ForgetConfig, config_from_dict
 from vfl_sim.data.dataset import stratified_split
 from vfl_sim.errors import ForgetRequestError, VflSimError
 from vfl_sim.experiment import prepare
+from vfl_sim.server.coordinator import resolve_forget_request
 
 NUM_CLASSES = 4
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from server.ledger import COMPLETED, PENDING, RUNNING, RequestLedger
 from vfl_sim.errors import ForgetRequestError
+from vfl_sim.server.ledger import COMPLETED, PENDING, RUNNING, RequestLedger
 
 REQUEST = {"kind": "class", "classes": [1]}
 
@@ -71,8 +71,8 @@ def test_a_torn_last_line_is_ignored_then_cut_off(tmp_path: Path) -> None:
 
 PLUGIN = '''
 import os, signal
-from server.methods import register_method
-from server.methods.baselines import Finetune
+from vfl_sim.server.methods import register_method
+from vfl_sim.server.methods.baselines import Finetune
 
 
 @register_method("finetune_or_die")

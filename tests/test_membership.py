@@ -8,7 +8,7 @@ import pytest
 from scipy.special import softmax
 from sklearn.metrics import roc_auc_score
 
-from audits.membership import (
+from vfl_sim.audits.membership import (
     MembershipInference,
     auc_by_ranks,
     bootstrap_auc_ci,

@@ -5,19 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.coordinator import ORIGINAL, UnlearningCoordinator
-from server.methods import (
+from tests.conftest import embedded_ids, record_requests, trained
+from vfl_sim.errors import ConfigError, RegistryError
+from vfl_sim.experiment import Experiment
+from vfl_sim.server.coordinator import ORIGINAL, UnlearningCoordinator
+from vfl_sim.server.methods import (
     MethodParams,
     UnlearningContext,
     UnlearningMethod,
     build_method,
     register_method,
 )
-from server.methods.registry import METHODS
-from server.server import Server
-from tests.conftest import embedded_ids, record_requests, trained
-from vfl_sim.errors import ConfigError, RegistryError
-from vfl_sim.experiment import Experiment
+from vfl_sim.server.methods.registry import METHODS
+from vfl_sim.server.server import Server
 
 
 def _trained(exp: Experiment, epochs: int = 1) -> tuple[Server, UnlearningCoordinator]:

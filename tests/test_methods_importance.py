@@ -8,16 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from server.coordinator import ORIGINAL, UnlearningCoordinator
-from server.methods import build_method
-from server.methods.importance import accumulate_statistics
-from server.methods.saliency import SalUn, global_threshold
-from server.server import Server
 from tests.conftest import record_requests, trained
 from vfl_sim.experiment import Experiment
 from vfl_sim.models.importance import fisher_variance, l1_gamma, ssd_dampen_
 from vfl_sim.models.top import fuse
 from vfl_sim.protocol import LocalOp
+from vfl_sim.server.coordinator import ORIGINAL, UnlearningCoordinator
+from vfl_sim.server.methods import build_method
+from vfl_sim.server.methods.importance import accumulate_statistics
+from vfl_sim.server.methods.saliency import SalUn, global_threshold
+from vfl_sim.server.server import Server
 
 
 def _trained(exp: Experiment, epochs: int = 2) -> tuple[Server, UnlearningCoordinator]:

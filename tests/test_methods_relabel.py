@@ -7,17 +7,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from server.coordinator import ORIGINAL, UnlearningCoordinator
-from server.methods import build_method
-from server.methods import relabel as relabel_module
-from server.methods.boundary import adversarial_labels
-from server.methods.relabel import neggrad_plus_loss, random_wrong_labels
-from server.server import Server
 from tests.conftest import record_requests, trained
 from vfl_sim.errors import ConfigError
 from vfl_sim.experiment import Experiment
 from vfl_sim.models.top import fuse
 from vfl_sim.protocol import Backward, Embed, LocalOp
+from vfl_sim.server.coordinator import ORIGINAL, UnlearningCoordinator
+from vfl_sim.server.methods import build_method
+from vfl_sim.server.methods import relabel as relabel_module
+from vfl_sim.server.methods.boundary import adversarial_labels
+from vfl_sim.server.methods.relabel import neggrad_plus_loss, random_wrong_labels
+from vfl_sim.server.server import Server
 
 METHODS = ["neggrad_plus", "random_label", "boundary_shrink", "boundary_expand"]
 

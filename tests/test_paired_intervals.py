@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audits import AuditData, ModelEmbeddings
-from audits.feature_recovery import FeatureRecoveryAuditor
-from audits.membership import auc_by_ranks, membership_inference, membership_scores, paired_auc_difference
-from audits.output import OutputAuditor, paired_accuracy_difference
-from audits.probe import forgotten_class_recovery, probe_many
-from audits.representation import RepresentationAuditor, probe_samples
+from vfl_sim.audits import AuditData, ModelEmbeddings
+from vfl_sim.audits.feature_recovery import FeatureRecoveryAuditor
+from vfl_sim.audits.membership import auc_by_ranks, membership_inference, membership_scores, paired_auc_difference
+from vfl_sim.audits.output import OutputAuditor, paired_accuracy_difference
+from vfl_sim.audits.probe import forgotten_class_recovery, probe_many
+from vfl_sim.audits.representation import RepresentationAuditor, probe_samples
 
 CLASSES = 3
 ACC_KEYS = ("retain_test_acc", "forget_test_acc", "retain_train_acc", "forget_train_acc")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from parties.party import Party
-from server.server import Server, make_batches
 from tests.conftest import small_config
 from vfl_sim.config import ExperimentConfig
 from vfl_sim.experiment import prepare
 from vfl_sim.models.zoo import build_bottom, build_top
+from vfl_sim.parties.party import Party
 from vfl_sim.protocol import Backward, LocalOp
+from vfl_sim.server.server import Server, make_batches
 from vfl_sim.transport import LocalTransport
 
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from parties.party import Party, grad_hook, party_op
 from tests.conftest import small_config
 from vfl_sim.experiment import prepare
+from vfl_sim.parties.party import Party, grad_hook, party_op
 from vfl_sim.protocol import Ack, Backward, Embed, LocalOp
 from vfl_sim.runtimes.local import build_party
 

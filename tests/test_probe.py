@@ -9,7 +9,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from audits.probe import (
+from vfl_sim.audits.probe import (
     LinearProbeRecovery,
     ProbeResult,
     linear_probe_recovery,
@@ -197,7 +197,7 @@ def test_too_few_forget_samples_says_how_many(rng: np.random.Generator, n_forget
 
 # --- intervals, paired gap, batched solver, multi-class recovery -----------------------------
 
-from audits.probe import (  # noqa: E402
+from vfl_sim.audits.probe import (  # noqa: E402
     Interval,
     LinearProbeGap,
     LinearProbeRecoveryCI,
@@ -207,7 +207,7 @@ from audits.probe import (  # noqa: E402
     probe_gap_ci,
     probe_many_ci,
 )
-from audits.probe_batch import binary_scores, fit_logistic_batch  # noqa: E402
+from vfl_sim.audits.probe_batch import binary_scores, fit_logistic_batch  # noqa: E402
 
 
 def test_interval_from_values_is_percentile() -> None:

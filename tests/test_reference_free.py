@@ -17,7 +17,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from audits.reference_free import (
+from vfl_sim.audits.reference_free import (
     ReferenceFreeAudit,
     ReferenceFreeResult,
     ignorance_test,
@@ -322,8 +322,8 @@ def test_bad_ignorance_test_inputs() -> None:
 def test_auditor_skips_when_one_class_remains() -> None:
     """A binary task with one class forgotten leaves nothing to train a verifier on: no result,
     rather than a crash of the whole audit."""
-    from audits.base import AuditData, ModelEmbeddings
-    from audits.reference_free import ReferenceFreeAuditor
+    from vfl_sim.audits.base import AuditData, ModelEmbeddings
+    from vfl_sim.audits.reference_free import ReferenceFreeAuditor
 
     rng = np.random.default_rng(0)
     labels = np.array([0] * 20 + [1] * 20)

@@ -11,15 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-from audits.relearning import (
+from tests.conftest import record_requests, small_config, trained
+from vfl_sim.audits.relearning import (
     compare_relearning,
     relearning_area,
     steps_to_recover,
     summarize_relearning,
 )
-from server.coordinator import ORIGINAL, UnlearningCoordinator, resolve_forget_request
-from server.methods import build_method
-from server.relearning import (
+from vfl_sim.config import ForgetConfig, RelearningConfig
+from vfl_sim.experiment import Experiment, prepare
+from vfl_sim.protocol import Backward, Embed
+from vfl_sim.seeding import derive_seed
+from vfl_sim.server.coordinator import ORIGINAL, UnlearningCoordinator, resolve_forget_request
+from vfl_sim.server.methods import build_method
+from vfl_sim.server.relearning import (
     DEFAULT_HEAD_STEPS,
     PHASES,
     RelearningCurve,
@@ -30,12 +35,7 @@ from server.relearning import (
     relearning_curves,
     relearning_split,
 )
-from server.server import Server
-from tests.conftest import record_requests, small_config, trained
-from vfl_sim.config import ForgetConfig, RelearningConfig
-from vfl_sim.experiment import Experiment, prepare
-from vfl_sim.protocol import Backward, Embed
-from vfl_sim.seeding import derive_seed
+from vfl_sim.server.server import Server
 
 SUPPRESSED = "suppressed"
 MASKED = "masked"

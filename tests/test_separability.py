@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audits.separability import (
+from vfl_sim.audits.separability import (
     DistanceMetric,
     FisherRatio,
     ForgetSilhouette,
@@ -292,7 +292,7 @@ def test_knn_purity_class_and_errors(rng: np.random.Generator) -> None:
 def test_knn_purity_matches_scikit_learn_neighbours(metric: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from sklearn.neighbors import NearestNeighbors
 
-    import audits.separability as sep
+    import vfl_sim.audits.separability as sep
 
     rng = np.random.default_rng(7)
     x = rng.normal(size=(300, 6))
@@ -310,7 +310,7 @@ def test_knn_purity_matches_scikit_learn_neighbours(metric: str, monkeypatch: py
 def test_forget_silhouette_matches_scikit_learn(metric: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from sklearn.metrics import silhouette_samples
 
-    import audits.separability as sep
+    import vfl_sim.audits.separability as sep
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(250, 5))

@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from parties.party import Party
-from server.server import make_batches
 from tests.conftest import small_config
 from vfl_sim.config import OptimConfig
 from vfl_sim.experiment import Experiment, prepare
 from vfl_sim.models.monolithic import MonolithicModel
 from vfl_sim.models.top import fuse
+from vfl_sim.parties.party import Party
 from vfl_sim.protocol import Backward, Embed, EmbedReply
+from vfl_sim.server.server import make_batches
 
 
 def _parties(exp_server) -> list[Party]:
@@ -151,7 +151,7 @@ def test_embed_reply_is_detached(digits_experiment: Experiment) -> None:
 
 @pytest.mark.parametrize("n", [1, 2, 63, 64, 65, 66, 127, 128, 129, 1438])
 def test_count_batches_matches_make_batches(n: int) -> None:
-    from server.server import count_batches
+    from vfl_sim.server.server import count_batches
 
     batches = make_batches(torch.arange(n), 64, None)
     assert count_batches(n, 64) == len(batches)
@@ -162,7 +162,7 @@ def test_count_batches_matches_make_batches(n: int) -> None:
 def test_batches_own_their_ids() -> None:
     """A batch is not a view of the epoch's id tensor: pickled for a remote party it must
     carry its own ids only."""
-    from server.server import make_batches
+    from vfl_sim.server.server import make_batches
 
     batches = make_batches(torch.arange(1000), 64, torch.Generator().manual_seed(0))
     assert all(b.untyped_storage().nbytes() == b.numel() * b.element_size() for b in batches)

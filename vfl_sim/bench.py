@@ -30,8 +30,8 @@ from vfl_sim.seeding import seed_everything, torch_generator
 from vfl_sim.transport import CommStats, Transport
 
 if TYPE_CHECKING:
-    from server.server import Server
     from vfl_sim.experiment import Experiment
+    from vfl_sim.server.server import Server
 
 TransportFactory = Callable[["Experiment"], Transport]
 """Builds the transport of one runtime for a prepared experiment (its parties live elsewhere)."""
@@ -114,7 +114,7 @@ def time_split_epochs(exp: Experiment, server: Server, epochs: int) -> tuple[flo
     tuple of float and CommStats
         Wall seconds of the epochs (fresh optimizers excluded) and the traffic of the epochs.
     """
-    from server.server import count_batches, make_batches
+    from vfl_sim.server.server import count_batches, make_batches
 
     cfg = exp.cfg
     train_ids = torch.from_numpy(exp.dataset.train_ids)
@@ -150,7 +150,7 @@ def time_monolithic_epochs(
     float
         Wall seconds of the epochs.
     """
-    from server.server import count_batches, make_batches
+    from vfl_sim.server.server import count_batches, make_batches
 
     cfg = exp.cfg
     train_ids = torch.from_numpy(exp.dataset.train_ids)
@@ -207,9 +207,9 @@ def bench_runtimes(
         ``bytes_per_epoch_per_party`` (both directions, mean over parties) and ``epoch_s_all``
         (every timing, per epoch).
     """
-    from parties.party import Party
-    from server.server import count_batches
     from vfl_sim.experiment import prepare
+    from vfl_sim.parties.party import Party
+    from vfl_sim.server.server import count_batches
     from vfl_sim.transport import LocalTransport
 
     exp = prepare(cfg.model_copy(update={"methods": []}))

@@ -335,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 console.print(f"audited again in {report['audit']['runtime_s']:.2f}s: {args.run_dir}/report.json")
             return 0
         if args.command == "methods":
-            from server.methods import available_methods, get_method
+            from vfl_sim.server.methods import available_methods, get_method
 
             for name in available_methods():
                 cls = get_method(name)

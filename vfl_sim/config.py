@@ -218,7 +218,7 @@ class MethodSpec(_Section):
 
 
 class CertificateThresholds(_Section):
-    """Tolerance floors of the forgetting certificate (:mod:`audits.certificate`), as fractions.
+    """Tolerance floors of the forgetting certificate (:mod:`vfl_sim.audits.certificate`), as fractions.
 
     With calibration (``audit.calibration``) the tolerance of a check is the calibrated
     retrain-vs-retrain spread of that check, never below these floors; with
@@ -249,7 +249,7 @@ class CertificateThresholds(_Section):
 
 
 class RelearningConfig(_Section):
-    """The relearning attack of class requests (:mod:`server.relearning`) on ``per_class``
+    """The relearning attack of class requests (:mod:`vfl_sim.server.relearning`) on ``per_class``
     labeled training samples of every class, in each of ``phases``: ``top`` (the top model
     alone) and ``full`` (top and every bottom) take ``steps`` full-batch SGD updates (``lr``,
     momentum 0.9); ``head`` re-initializes the top model's output layer and fits it alone on
@@ -278,7 +278,7 @@ class RelearningConfig(_Section):
 
 
 class ReferenceFreeConfig(_Section):
-    """The reference-free audit (:mod:`audits.reference_free`): ``models`` verification models,
+    """The reference-free audit (:mod:`vfl_sim.audits.reference_free`): ``models`` verification models,
     each trained on ``fraction`` of the retained training audit samples."""
 
     enabled: bool = True
@@ -287,7 +287,7 @@ class ReferenceFreeConfig(_Section):
 
 
 class CalibrationConfig(_Section):
-    """Calibration of the certificate's tolerances (:mod:`audits.certificate`): ``retrains``
+    """Calibration of the certificate's tolerances (:mod:`vfl_sim.audits.certificate`): ``retrains``
     extra retrained models, each from its own initialization and batch order, audited like any
     model; the tolerance of a check is the ``quantile`` of its spread among them (each one's
     deviation from ``retrain``), never below the floor in ``audit.certificate``. ``retrains: 0``

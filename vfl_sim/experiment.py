@@ -24,23 +24,16 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-import server.methods  # noqa: F401  (registers the built-in methods)
-from audits.base import AuditData, Auditor, ModelEmbeddings, get_auditor
-from audits.certificate import RETRAIN, Certification, certify_run
-from audits.feature_recovery import FeatureRecoveryAuditor
-from audits.output import OutputAuditor
-from audits.probe import stratified_split
-from audits.reference_free import ReferenceFreeAuditor
-from audits.relearning import compare_relearning
-from audits.representation import RepresentationAuditor, probe_samples
-from server.controls import Control, build_controls, is_reserved
-from server.coordinator import ORIGINAL, UnlearningCoordinator, resolve_forget_request
-from server.ledger import COMPLETED, LEDGER_FILE, RequestLedger
-from server.methods.base import ForgetSet, UnlearningMethod
-from server.methods.registry import available_methods, build_method, get_method
-from server.relearning import default_attack_optim, default_head_optim, relearning_curves, relearning_split
-from server.server import Server, count_batches
+import vfl_sim.server.methods  # noqa: F401  (registers the built-in methods)
 from vfl_sim import __version__
+from vfl_sim.audits.base import AuditData, Auditor, ModelEmbeddings, get_auditor
+from vfl_sim.audits.certificate import RETRAIN, Certification, certify_run
+from vfl_sim.audits.feature_recovery import FeatureRecoveryAuditor
+from vfl_sim.audits.output import OutputAuditor
+from vfl_sim.audits.probe import stratified_split
+from vfl_sim.audits.reference_free import ReferenceFreeAuditor
+from vfl_sim.audits.relearning import compare_relearning
+from vfl_sim.audits.representation import RepresentationAuditor, probe_samples
 from vfl_sim.config import ALL_METHODS, ExperimentConfig, MethodSpec, dump_config, load_config
 from vfl_sim.data.dataset import VflDataset
 from vfl_sim.data.loaders import load_dataset
@@ -54,6 +47,13 @@ from vfl_sim.protocol import LocalOp
 from vfl_sim.report import SCHEMA_VERSION, write_markdown
 from vfl_sim.runtimes.local import local_transport, party_shapes
 from vfl_sim.seeding import derive_seed, seed_everything, torch_generator
+from vfl_sim.server.controls import Control, build_controls, is_reserved
+from vfl_sim.server.coordinator import ORIGINAL, UnlearningCoordinator, resolve_forget_request
+from vfl_sim.server.ledger import COMPLETED, LEDGER_FILE, RequestLedger
+from vfl_sim.server.methods.base import ForgetSet, UnlearningMethod
+from vfl_sim.server.methods.registry import available_methods, build_method, get_method
+from vfl_sim.server.relearning import default_attack_optim, default_head_optim, relearning_curves, relearning_split
+from vfl_sim.server.server import Server, count_batches
 from vfl_sim.transport import Transport
 
 log = logging.getLogger("vfl_sim")
@@ -132,7 +132,7 @@ class Experiment:
 
     @property
     def all_methods(self) -> list[UnlearningMethod]:
-        """The configured methods, then the built-in controls (:mod:`server.controls`)."""
+        """The configured methods, then the built-in controls (:mod:`vfl_sim.server.controls`)."""
         return [*self.methods, *(c.method for c in self.controls)]
 
     @property

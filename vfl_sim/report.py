@@ -325,7 +325,7 @@ def write_markdown(report: dict[str, Any]) -> str:
         parts += [
             "## Certificate",
             "",
-            "Three independent verdicts per model (see `audits.certificate`): utility (retained test accuracy "
+            "Three independent verdicts per model (see `vfl_sim.audits.certificate`): utility (retained test accuracy "
             "close to retrain's), output forgetting (suppression: forgotten accuracy and membership at retrain's "
             "level) and representation forgetting (removal: LPR gaps fused, per party and per layer, CKA closer "
             "to retrain than to the original, probe recovery, relearning). Passing output forgetting alone is "
@@ -333,7 +333,7 @@ def write_markdown(report: dict[str, Any]) -> str:
             "",
             markdown_table(header, rows),
             "",
-            "Controls (built in; see `server.controls`): a verdict counts only where its controls fail it.",
+            "Controls (built in; see `vfl_sim.server.controls`): a verdict counts only where its controls fail it.",
             "",
             *power_lines(report),
             "",

@@ -29,11 +29,11 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from parties.party import Party
 from vfl_sim import __version__
 from vfl_sim.config import ExperimentConfig, config_from_dict
 from vfl_sim.data.loaders import load_dataset
 from vfl_sim.data.partition import partition_features, party_ids
+from vfl_sim.parties.party import Party
 from vfl_sim.runtimes.flower_codec import decode_request, encode_reply
 from vfl_sim.runtimes.flower_state import restore_party, save_party, state_stamp
 from vfl_sim.runtimes.flower_transport import FlowerTransport, hello_reply

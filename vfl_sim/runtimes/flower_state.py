@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from parties.party import Party
+from vfl_sim.parties.party import Party
 
 ARRAYS, META = "party.arrays", "party.meta"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from parties.party import Party
 from vfl_sim.config import ExperimentConfig
 from vfl_sim.data.dataset import VflDataset
 from vfl_sim.data.partition import PartySlice
 from vfl_sim.models.zoo import build_bottom
+from vfl_sim.parties.party import Party
 from vfl_sim.seeding import derive_seed
 from vfl_sim.transport import LocalTransport
 

@@ -1,6 +1,6 @@
 """The Ray runtime (``runtime: ray``): every passive party is a Ray actor.
 
-Each actor builds its own :class:`~parties.party.Party` from the experiment's config and its
+Each actor builds its own :class:`~vfl_sim.parties.party.Party` from the experiment's config and its
 own feature slice, which the driver puts into Ray's object store once (only that party's
 columns travel to it, once, when the actor starts). The party then lives in the actor's memory
 for the whole run: its bottom model, optimizer, schedule, snapshots, random stream and the
@@ -42,8 +42,8 @@ from vfl_sim.runtimes.local import build_party
 from vfl_sim.transport import Transport
 
 if TYPE_CHECKING:
-    from parties.party import Party
     from vfl_sim.experiment import Experiment
+    from vfl_sim.parties.party import Party
 
 ACTOR_PREFIX = "vfl-sim"
 

@@ -1,0 +1,132 @@
+"""The package's layering and namespace.
+
+vfl-sim installs one import package, ``vfl_sim``; the role packages are ``vfl_sim.parties``,
+``vfl_sim.server`` and ``vfl_sim.audits`` (folders under ``vfl_sim/``, linked from the
+repository root). Imports point downward only, at module level and inside functions alike:
+
+- core: ``vfl_sim`` itself (config, errors, registry, seeding, protocol, transport, optim,
+  progress) and ``vfl_sim.data``, ``vfl_sim.models``;
+- parties and audits: each on the core only (an auditor sees arrays, never a party);
+- server: the core only (it reaches the parties through a transport, never by import);
+- applications: the experiment, report and plots, benchmarks, sweeps, runtimes and the CLI.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "vfl_sim"
+APPS = {"experiment", "report", "plots", "bench", "sweep", "sweep_table", "runtimes", "cli"}
+ALLOWED = {
+    "core": {"core"},
+    "parties": {"core", "parties"},
+    "audits": {"core", "audits"},
+    "server": {"core", "server"},
+    "apps": {"core", "parties", "audits", "server", "apps"},
+}
+ROLES = ("server", "parties", "audits")
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) > 1 and parts[1] in ROLES:
+        return parts[1]
+    if len(parts) > 1 and parts[1] in APPS:
+        return "apps"
+    return "core"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> list[tuple[str, int]]:
+    """Every absolute import in ``path`` (module level or not) with its line."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.module, node.lineno))
+        elif isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+    return found
+
+
+def sources(*folders: Path) -> list[Path]:
+    return sorted(p for folder in folders for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def test_imports_point_downward_only() -> None:
+    upward = []
+    for path in sources(PACKAGE):
+        mine = layer(module_name(path))
+        for name, line in imports(path):
+            if name.split(".")[0] == "vfl_sim" and layer(name) not in ALLOWED[mine]:
+                upward.append(f"{path.relative_to(ROOT)}:{line} ({mine}) imports {name} ({layer(name)})")
+    assert upward == []
+
+
+def test_role_packages_are_imported_through_the_vfl_sim_namespace_only() -> None:
+    # A top-level `server`, `parties` or `audits` import would load a second copy of a module
+    # (two registries) and fail for an installed vfl-sim.
+    stray = [
+        f"{path.relative_to(ROOT)}:{line}: {name}"
+        for path in sources(PACKAGE, ROOT / "tests", ROOT / "benchmarks")
+        for name, line in imports(path)
+        if name.split(".")[0] in ROLES
+    ]
+    assert stray == []
+
+
+def test_the_wheel_installs_one_package(tmp_path: Path) -> None:
+    # Built from a copy: setuptools writes build/ and *.egg-info into the source folder.
+    src = tmp_path / "src"
+    shutil.copytree(PACKAGE, src / "vfl_sim", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
+        cwd=src,
+        check=True,
+        capture_output=True,
+        timeout=240,
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"vfl_sim", wheel.name.split("-")[0] + "-0.1.0.dist-info"}
+    for role in ROLES:
+        assert f"vfl_sim/{role}/__init__.py" in names
+
+
+def test_a_folder_with_its_own_server_parties_and_audits_modules_runs_vfl_sim(tmp_path: Path) -> None:
+    for role in ROLES:
+        (tmp_path / f"{role}.py").write_text(f"raise ImportError('the user\\'s own {role}.py was imported')\n")
+    code = (
+        "from vfl_sim.config import config_from_dict\n"
+        "from vfl_sim.experiment import prepare\n"
+        "cfg = config_from_dict({'train': {'epochs': 1}, 'methods': ['retrain'],"
+        " 'audit': {'plots': False, 'calibration': {'retrains': 0}, 'relearning': {'enabled': False}}})\n"
+        "report = prepare(cfg).run('run')\n"
+        "print(report['models']['retrain']['certificate']['trilemma'])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in {"removal", "inconclusive", "unverified"}
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_the_repository_root_links_each_role_folder_into_the_package(role: str) -> None:
+    link = ROOT / role
+    assert link.is_symlink() and link.resolve() == (PACKAGE / role).resolve()

@@ -1,0 +1,7 @@
+"""The server (active party) role: labels, the top model, split-learning training, and the
+unlearning coordinator with its method registry."""
+
+from vfl_sim.server.coordinator import UnlearningCoordinator, resolve_forget_request
+from vfl_sim.server.server import Server
+
+__all__ = ["Server", "UnlearningCoordinator", "resolve_forget_request"]
