@@ -19,7 +19,12 @@ from vfl_sim.experiment import prepare
 from vfl_sim.protocol import Backward, Embed, LocalOp
 from vfl_sim.runtimes import flower_app
 from vfl_sim.runtimes import flower_state as flower_app_state
-from vfl_sim.runtimes.flower_transport import FlowerTransport, PartyUnavailableError
+from vfl_sim.runtimes.flower_transport import (
+    DuplicatePartitionError,
+    FlowerTransport,
+    PartyUnavailableError,
+    assign_parties,
+)
 
 
 class InProcessGrid:
@@ -238,3 +243,26 @@ def test_party_view_is_cached_on_the_nodes_disk(tmp_path, monkeypatch) -> None:
     assert len(list((tmp_path / flower_app.VIEW_CACHE).iterdir())) == 2
     with pytest.raises(ValueError, match="partition-id 3 is out of range for 3 parties"):
         build(config_json, 3)
+
+
+def test_second_node_with_a_taken_partition_id_is_refused(tmp_path) -> None:
+    """Two connected SuperNodes with the same partition-id: the run fails naming it, rather
+    than using one of them and leaving the other waiting."""
+    grid = InProcessGrid(flower_app.run_config_for(_cfg(), str(tmp_path)), [0, 1, 1, 2])
+    with pytest.raises(DuplicatePartitionError, match=r"partition-id 1 \(party_1\): nodes 1001 and 1002"):
+        FlowerTransport(grid, ["party_0", "party_1", "party_2"], connect_timeout=5, poll_interval=0.1)
+
+
+def test_assign_parties_maps_announced_partition_ids() -> None:
+    parties = ["party_0", "party_1"]
+    assert assign_parties({}, parties, {7: 1, 5: 0}, connected=[5, 7]) == {"party_1": 7, "party_0": 5}
+    assert assign_parties({}, parties, {7: 2, 5: -1}, connected=[5, 7]) == {}  # out of range: no party
+    # A later node with a taken id is refused while the first is connected...
+    with pytest.raises(DuplicatePartitionError, match=r"partition-id 0 \(party_0\): nodes 5 and 9"):
+        assign_parties({"party_0": 5}, parties, {9: 0}, connected=[5, 9])
+    # ... and so are two new ones at once...
+    with pytest.raises(DuplicatePartitionError, match="partition-id 1"):
+        assign_parties({}, parties, {3: 1, 4: 1}, connected=[3, 4])
+    # ... but a node that left gives its party to the one that replaced it.
+    assert assign_parties({"party_0": 5}, parties, {9: 0}, connected=[9]) == {"party_0": 9}
+    assert assign_parties({"party_0": 5}, parties, {5: 0}, connected=[5]) == {"party_0": 5}  # asked again

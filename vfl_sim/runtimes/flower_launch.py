@@ -8,13 +8,21 @@ Everything started here carries a random tag in its environment. Flower detaches
 own children (the SuperLink starts its SuperExec in a new session, Ray starts its daemons), so
 stopping a process group is not enough; :meth:`FlowerProcesses.stop` also ends every process
 that inherited the tag.
+
+The processes also end when the process that started them dies without stopping them (``kill
+-9``, a crash): each one it starts gets a parent-death signal (``PR_SET_PDEATHSIG``, SIGKILL),
+and a watchdog process (:func:`watch`) that holds one end of a pipe from it ends them and every
+process below them, detached grandchildren included, once that pipe closes. SIGTERM stops them
+gracefully first.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -26,6 +34,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
 
 import tomli_w
@@ -129,8 +138,121 @@ def tool(name: str) -> str:
     return str(path) if path.exists() else name
 
 
+# Run before a command, in its own process: die with the parent (PR_SET_PDEATHSIG survives the
+# exec that follows), unless it died already, then become the command. A wrapper rather than a
+# preexec_fn, which is not safe while other threads run (they do: Flower's log relay).
+_PDEATHSIG_SHIM = """\
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    os._exit(137)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _parent_death_supported() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return hasattr(ctypes.CDLL(None), "prctl")
+    except OSError:
+        return False
+
+
+PARENT_DEATH_SIGNAL = _parent_death_supported()
+
+
+def die_with_parent(cmd: Sequence[str]) -> list[str]:
+    """``cmd`` wrapped so that the process gets SIGKILL when this one dies (Linux; elsewhere
+    ``cmd`` as it is, and only the watchdog stops it).
+
+    The signal follows the thread that started the process: start it from the thread that
+    also stops it (as :class:`FlowerProcesses` does).
+    """
+    if not PARENT_DEATH_SIGNAL:
+        return list(cmd)
+    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_SHIM, str(os.getpid()), *cmd]
+
+
+def watch(parent: int, tag: str, fd: int, grace: float = 3.0) -> None:
+    """The watchdog's loop: until ``parent`` has died (the pipe ``fd`` from it reads end of
+    file, or this process got another parent), remember the processes that ``parent`` names on
+    the pipe (one pid a line) and everything below them; then end them all (:func:`end_processes`).
+
+    ``parent`` closes the pipe when it stops its processes itself, or the kernel closes it for
+    a process that died. The tree is looked at every half second while ``parent`` lives, since
+    a process whose parent died is no longer found below it. Ctrl-C is for ``parent``, which
+    stops its processes then.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    roots: set[int] = set()
+    known: dict[int, int] = {}
+    pending = b""
+    while os.getppid() == parent:
+        readable, _, _ = select.select([fd], [], [], 0.5)
+        if readable:
+            data = os.read(fd, 4096)
+            if not data:
+                break
+            *lines, pending = (pending + data).split(b"\n")
+            roots.update(int(line) for line in lines if line.strip())
+        remember(known, roots, tag)
+    end_processes(known, roots, tag, grace)
+
+
+def _process_table() -> dict[int, tuple[int, int]]:
+    """``pid -> (parent pid, start time)`` of every process that runs (zombies have ended)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X"):
+            table[int(entry.name)] = (int(fields[1]), int(fields[19]))  # ppid, starttime
+    return table
+
+
+def remember(known: dict[int, int], roots: set[int], tag: str) -> dict[int, int]:
+    """Add to ``known`` (``pid -> start time``) the processes in ``roots``, everything below
+    them or below a process already known, and every process carrying ``tag``; forget those
+    that have ended. Neither the tag nor the process groups find them all: Flower and Ray
+    start some in sessions of their own, and Ray's rewrite their environment (their title)."""
+    table = _process_table()
+    for pid in [p for p, start in known.items() if table.get(p, (0, -1))[1] != start]:
+        del known[pid]  # ended (or its pid reused)
+    below = {p for p in roots if p in table} | set(known)
+    grew = True
+    while grew:
+        more = {p for p, (ppid, _) in table.items() if ppid in below} - below
+        grew, below = bool(more), below | more
+    for pid in below | set(tagged_pids(tag)):
+        if pid in table and pid != os.getpid():
+            known.setdefault(pid, table[pid][1])
+    return known
+
+
+def end_processes(known: dict[int, int], roots: set[int], tag: str, grace: float) -> None:
+    """End the processes in ``known``, below them and tagged with ``tag``: SIGTERM, SIGKILL
+    after ``grace`` seconds. Asks again until none is left (some start others while they are
+    being stopped), for at most ten times ``grace``."""
+    deadline = time.monotonic() + 10 * grace
+    stop_asking = time.monotonic() + grace
+    while remember(known, roots, tag) and time.monotonic() < deadline:
+        sig = signal.SIGTERM if time.monotonic() < stop_asking else signal.SIGKILL
+        for pid in known:
+            _kill(pid, sig)
+        time.sleep(0.1)
+
+
 class FlowerProcesses:
     """Flower processes started as one group: a SuperLink, SuperNodes, the ``flwr`` CLI.
+
+    They end with this process: :meth:`stop` (also on SIGTERM while the group is in use as a
+    context manager in the main thread), and where this process dies without stopping them,
+    their parent-death signal and the watchdog (see the module's description).
 
     Parameters
     ----------
@@ -148,6 +270,9 @@ class FlowerProcesses:
         self.tag = secrets.token_hex(8)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._log_files: list[IO[bytes]] = []
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._lifeline: int | None = None  # this process's end of the watchdog's pipe
+        self._sigterm: Any = None  # the SIGTERM handler replaced while in use
         bin_dir = str(Path(sys.executable).parent)
         self.env = {
             **os.environ,
@@ -158,25 +283,64 @@ class FlowerProcesses:
         }
 
     def __enter__(self) -> FlowerProcesses:
+        # SIGTERM ends Python at once, without stopping the processes; as an exception it
+        # unwinds through stop(). Only where nobody else handles it (a handler is per process).
+        if threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                self._sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            if self._sigterm is not None:
+                signal.signal(signal.SIGTERM, self._sigterm)
+                self._sigterm = None
+
+    def _start_watchdog(self) -> None:
+        """Start the watchdog (:func:`watch`) before the first process, once."""
+        if self._watchdog is not None:
+            return
+        read_end, write_end = os.pipe()  # not inherited by anything else this process starts
+        code = f"from vfl_sim.runtimes.flower_launch import watch; watch({os.getpid()}, {self.tag!r}, {read_end})"
+        try:
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-c", code],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(read_end,),
+                # Not in this process's group or session: signals to those must not end it
+                # before it has done its work.
+                start_new_session=True,
+                env={k: v for k, v in os.environ.items() if k != TAG_VAR},
+            )
+        finally:
+            os.close(read_end)
+        self._lifeline = write_end
+
+    def _watch(self, pid: int) -> None:
+        """Tell the watchdog about a process started here (it ends it, and all below it)."""
+        if self._lifeline is not None:
+            os.write(self._lifeline, f"{pid}\n".encode())
 
     # -- processes -----------------------------------------------------------------------------
 
     def start(self, name: str, cmd: Sequence[str], env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Start ``cmd`` in a new session, its output in ``logs/<name>.log``."""
+        self._start_watchdog()
         log = (self.logs / f"{name}.log").open("ab")
         self._log_files.append(log)
         proc = subprocess.Popen(
-            [tool(cmd[0]), *cmd[1:]],
+            die_with_parent([tool(cmd[0]), *cmd[1:]]),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**self.env, **(env or {})},
             start_new_session=True,
         )
+        self._watch(proc.pid)
         self.procs[name] = proc
         return proc
 
@@ -239,6 +403,8 @@ class FlowerProcesses:
 
     def stop(self, grace: float = 3.0) -> None:
         """End every process of this group, detached descendants included."""
+        roots = {proc.pid for proc in self.procs.values()}
+        known = remember({}, roots, self.tag)  # before their parents end and they are orphans
         for proc in self.procs.values():
             if proc.poll() is None:
                 _signal_group(proc.pid, signal.SIGTERM)
@@ -249,16 +415,24 @@ class FlowerProcesses:
             except subprocess.TimeoutExpired:
                 _signal_group(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
-        for pid in tagged_pids(self.tag):
-            _kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while tagged_pids(self.tag) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for pid in tagged_pids(self.tag):
-            _kill(pid, signal.SIGKILL)
+        end_processes(known, roots, self.tag, grace)
         for log in self._log_files:
             log.close()
         self._log_files.clear()
+        self._stop_watchdog()
+
+    def _stop_watchdog(self) -> None:
+        """Close the watchdog's pipe: it finds nothing left to stop, and exits."""
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
+        if self._watchdog is not None:
+            try:
+                self._watchdog.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._watchdog.kill()
+                self._watchdog.wait()
+            self._watchdog = None
 
     # -- the flwr CLI --------------------------------------------------------------------------
 
@@ -281,21 +455,26 @@ class FlowerProcesses:
 
     def flwr(self, *args: str, timeout: float = 120.0) -> str:
         """Run one ``flwr`` command; returns its standard output."""
-        try:
-            done = subprocess.run(
-                [tool("flwr"), *args],
-                env={**self.env, "COLUMNS": "200"},
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired:
-            raise FlowerRuntimeError(f"'flwr {args[0]}' did not finish within {timeout:.0f}s") from None
-        if done.returncode != 0:
-            detail = (done.stdout + done.stderr).strip().splitlines()
+        self._start_watchdog()
+        with subprocess.Popen(
+            die_with_parent([tool("flwr"), *args]),
+            env={**self.env, "COLUMNS": "200"},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as proc:
+            self._watch(proc.pid)
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise FlowerRuntimeError(f"'flwr {args[0]}' did not finish within {timeout:.0f}s") from None
+        if proc.returncode != 0:
+            detail = (stdout + stderr).strip().splitlines()
             raise FlowerRuntimeError(f"'flwr {' '.join(args[:2])}' failed: {' | '.join(detail[-5:])}")
-        return done.stdout
+        return stdout
 
     def submit(
         self,
@@ -324,8 +503,9 @@ class FlowerProcesses:
         Raises :class:`FlowerRuntimeError` when the run is not over by then; it is stopped first.
         """
         log_path = self.logs / f"run_{run_id}.log"
+        self._start_watchdog()
         proc = subprocess.Popen(
-            [tool("flwr"), "log", str(run_id), connection, "--stream"],
+            die_with_parent([tool("flwr"), "log", str(run_id), connection, "--stream"]),
             env={**self.env, "COLUMNS": "200"},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -333,6 +513,7 @@ class FlowerProcesses:
             text=True,
             start_new_session=True,
         )
+        self._watch(proc.pid)
 
         def relay() -> None:
             assert proc.stdout is not None
@@ -368,6 +549,12 @@ class FlowerProcesses:
             self.flwr("stop", str(run_id), connection, timeout=30)
         except FlowerRuntimeError:
             pass  # the processes are stopped anyway
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # A second SIGTERM ends this process at once; the watchdog then stops what is left.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise SystemExit(128 + signum)
 
 
 def _toml_value(value: Any) -> str:

@@ -6,13 +6,14 @@ own ``send_and_receive`` sleeps 3 s between pulls in a deployment, which would c
 training step 3 s). Parties are found by asking every connected node for its
 ``partition-id`` (Flower does not expose node configs to the ServerApp); the transport waits
 until all of them are connected and fails with the missing party ids after a timeout instead
-of hanging. Bytes are counted with Flower's own ``count_bytes`` of each message's records.
+of hanging, and refuses a second connected node that claims a partition id already taken
+(:func:`assign_parties`). Bytes are counted with Flower's own ``count_bytes`` of each message's records.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
@@ -26,6 +27,37 @@ HELLO = "query.hello"
 
 class PartyUnavailableError(RuntimeError):
     """A party did not connect, or stopped answering, within the configured time."""
+
+
+class DuplicatePartitionError(PartyUnavailableError):
+    """Two connected SuperNodes say they are the same party (the same ``partition-id``)."""
+
+
+def assign_parties(
+    nodes: Mapping[str, int], party_ids: Sequence[str], announced: Mapping[int, int], connected: Collection[int]
+) -> dict[str, int]:
+    """Party id -> node id: ``nodes`` with the nodes in ``announced`` (node id -> the
+    ``partition-id`` it answered) added.
+
+    A partition id out of range is no party (the node is left out). One that a node in
+    ``connected`` already holds is refused with :class:`DuplicatePartitionError`: the parties'
+    data and models must not be split between two nodes, nor the second left waiting. A node
+    that is no longer connected gives its party up to the one that announced it since (a
+    SuperNode restarted with a new node id).
+    """
+    out = dict(nodes)
+    for node, partition in announced.items():
+        if not 0 <= partition < len(party_ids):
+            continue
+        party = party_ids[partition]
+        holder = out.get(party)
+        if holder is not None and holder != node and holder in connected:
+            raise DuplicatePartitionError(
+                f"two SuperNodes have partition-id {partition} ({party}): nodes {holder} and {node}; "
+                "give each SuperNode its own --node-config 'partition-id=K'"
+            )
+        out[party] = node
+    return out
 
 
 class FlowerTransport(Transport):
@@ -71,10 +103,12 @@ class FlowerTransport(Transport):
         asked: set[int] = set()
         errors: dict[int, str] = {}
         while True:
-            new = [nid for nid in self.grid.get_node_ids() if nid not in asked]
+            connected = list(self.grid.get_node_ids())
+            new = [nid for nid in connected if nid not in asked]
             if new:
                 hellos = [Message(RecordDict(), dst_node_id=nid, message_type=HELLO) for nid in new]
                 replies = self._round(hellos, timeout=max(1.0, deadline - time.monotonic()))
+                announced: dict[int, int] = {}
                 for nid, reply in zip(new, replies):
                     if reply is None:
                         continue
@@ -82,9 +116,8 @@ class FlowerTransport(Transport):
                         errors[nid] = str(reply.error.reason)
                         continue
                     asked.add(nid)
-                    pid = int(str(reply.content.config_records["hello"]["partition-id"]))
-                    if 0 <= pid < len(self.party_ids):
-                        nodes[self.party_ids[pid]] = nid
+                    announced[nid] = int(str(reply.content.config_records["hello"]["partition-id"]))
+                nodes = assign_parties(nodes, self.party_ids, announced, connected)
             if len(nodes) == len(self.party_ids):
                 return nodes
             if time.monotonic() >= deadline:
