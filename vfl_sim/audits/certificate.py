@@ -128,6 +128,7 @@ __all__ = [
 
 Status = Literal["pass", "fail", "inconclusive", "n/a"]
 Sided = Literal["upper", "lower", "two"]
+STATUSES: tuple[Status, ...] = ("pass", "fail", "inconclusive", "n/a")
 ORIGINAL, RETRAIN = "original", "retrain"
 KINDS = ("class", "samples", "party", "features")
 
@@ -216,6 +217,13 @@ def _deviation(sided: Sided, value: float, reference: float) -> float:
     return abs(value - reference)
 
 
+def _as_status(value: Any) -> Status:
+    for status in STATUSES:
+        if value == status:
+            return status
+    raise ValueError(f"unknown verdict status {value!r}; expected one of {', '.join(STATUSES)}")
+
+
 @dataclass(frozen=True)
 class Tolerance:
     """The tolerance of one check on this run: ``value``, and ``source`` ``calibrated`` (the
@@ -229,6 +237,11 @@ class Tolerance:
 
     def to_dict(self) -> dict[str, Any]:
         return {"tolerance": self.value, "source": self.source, "floor": self.floor, "null": list(self.null)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Tolerance:
+        """The tolerance :meth:`to_dict` wrote (``audit.certificate.tolerances`` of a report)."""
+        return cls(d["tolerance"], d["source"], d["floor"], tuple(d.get("null", ())))
 
 
 @dataclass(frozen=True)
@@ -289,6 +302,24 @@ class Check:
             "evidence": self.evidence,
         }
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Check:
+        """The check :meth:`to_dict` wrote; a check of a schema 1.0 report has ``passed`` only."""
+        interval = d.get("interval")
+        return cls(
+            d["name"],
+            _as_status(d.get("status", "pass" if d.get("passed") else "fail")),
+            d.get("value"),
+            d.get("reference"),
+            d.get("rule", ""),
+            d.get("evidence", ""),
+            tolerance=d.get("tolerance"),
+            tolerance_source=d.get("tolerance_source"),
+            interval=None if interval is None else (interval[0], interval[1]),
+            mde=d.get("mde"),
+            supporting=bool(d.get("supporting", False)),
+        )
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -327,6 +358,11 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "note": self.note, "checks": [c.to_dict() for c in self.checks]}
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Verdict:
+        """The verdict :meth:`to_dict` wrote."""
+        return cls(_as_status(d["status"]), tuple(Check.from_dict(c) for c in d.get("checks", ())), d.get("note"))
+
 
 @dataclass(frozen=True)
 class Certificate:
@@ -357,6 +393,18 @@ class Certificate:
             "removal": self.removal,
             "diverged": self.diverged,
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Certificate:
+        """The certificate :meth:`to_dict` wrote (``models.<model>.certificate`` of a report);
+        ``claim`` and ``removal`` follow from the rest."""
+        return cls(
+            Verdict.from_dict(d["utility"]),
+            Verdict.from_dict(d["output_forgetting"]),
+            Verdict.from_dict(d["representation_forgetting"]),
+            d["trilemma"],
+            d.get("diverged"),
+        )
 
 
 @dataclass(frozen=True)
