@@ -9,7 +9,8 @@ import torch
 
 from vfl_sim.config import ExperimentConfig, config_from_dict
 from vfl_sim.experiment import Experiment, prepare
-from vfl_sim.server.coordinator import ORIGINAL, UnlearningCoordinator
+from vfl_sim.forget import ORIGINAL
+from vfl_sim.server.coordinator import UnlearningCoordinator
 from vfl_sim.server.server import Server
 
 torch.set_num_threads(1)

@@ -577,7 +577,8 @@ def test_a_lock_of_a_dead_process_is_taken_over_and_released(
 def test_the_lock_is_held_while_the_run_writes(
     finished_run: Path, case_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vfl_sim.experiment import Experiment, lock_file
+    from vfl_sim.experiment import Experiment
+    from vfl_sim.runfolder import lock_file
 
     seen: list[str] = []
 

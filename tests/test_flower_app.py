@@ -266,3 +266,22 @@ def test_assign_parties_maps_announced_partition_ids() -> None:
     # ... but a node that left gives its party to the one that replaced it.
     assert assign_parties({"party_0": 5}, parties, {9: 0}, connected=[9]) == {"party_0": 9}
     assert assign_parties({"party_0": 5}, parties, {5: 0}, connected=[5]) == {"party_0": 5}  # asked again
+
+
+def test_client_and_server_apps_compute_with_the_submitters_threads(tmp_path) -> None:
+    """The submitter resolves the thread count once (threads: 0 is its torch count) and every
+    ClientApp applies the number from the run config, whatever its own process's default."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        run_config = flower_app.run_config_for(_cfg(), str(tmp_path))
+        assert _cfg().threads == 0 and run_config["threads"] == 3
+        assert flower_app.run_config_for(_cfg().model_copy(update={"threads": 5}), "x")["threads"] == 5
+        torch.set_num_threads(1)  # a ClientApp process of its own, with another default
+        grid = InProcessGrid(run_config, [0, 1, 2])
+        FlowerTransport(grid, ["party_0", "party_1", "party_2"], connect_timeout=5).broadcast(LocalOp("digest"))
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -237,3 +237,12 @@ def test_bad_party_and_feature_requests(data, request_, names, message) -> None:
 def test_bad_request_kinds_are_config_errors(request_, message) -> None:
     with pytest.raises(VflSimError, match=message):
         config_from_dict({"forget": request_})
+
+
+def test_the_config_accepts_exactly_the_forget_kinds() -> None:
+    from typing import get_args
+
+    from vfl_sim.config import ForgetConfig
+    from vfl_sim.forget import ForgetKind
+
+    assert get_args(ForgetConfig.model_fields["kind"].annotation) == ForgetKind.ALL

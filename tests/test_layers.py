@@ -25,7 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "vfl_sim"
-APPS = {"experiment", "report", "plots", "bench", "sweep", "sweep_table", "runtimes", "cli"}
+APPS = {"experiment", "report", "plots", "bench", "sweep", "sweep_table", "runtimes", "cli", "api"}
 ALLOWED = {
     "core": {"core"},
     "parties": {"core", "parties"},
@@ -73,6 +73,59 @@ def test_imports_point_downward_only() -> None:
             if name.split(".")[0] == "vfl_sim" and layer(name) not in ALLOWED[mine]:
                 upward.append(f"{path.relative_to(ROOT)}:{line} ({mine}) imports {name} ({layer(name)})")
     assert upward == []
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """``module -> the vfl_sim modules it imports`` (module level and inside functions)."""
+    modules = {module_name(p): p for p in sources(PACKAGE)}
+
+    def owner(name: str) -> str:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module.split(".")[0] == "vfl_sim":
+                    deps |= {owner(f"{node.module}.{a.name}") for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {owner(a.name) for a in node.names if a.name.split(".")[0] == "vfl_sim"}
+        graph[name] = deps - {name, "vfl_sim", ""}
+    return graph
+
+
+def test_no_import_cycle_even_through_function_level_imports() -> None:
+    # A function-level import may defer a heavy optional dependency (Ray, Flower), never hide a
+    # cycle: the graph of every import, wherever it is written, has none.
+    graph = _module_graph()
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        if module in path:
+            return [*path[path.index(module) :], module]
+        if module in done:
+            return None
+        path.append(module)
+        for dep in sorted(graph.get(module, ())):
+            cycle = visit(dep)
+            if cycle:
+                return cycle
+        path.pop()
+        done.add(module)
+        return None
+
+    cycles = [c for c in (visit(m) for m in sorted(graph)) if c]
+    assert cycles == [], " -> ".join(cycles[0])
+
+
+def test_the_experiment_does_not_know_its_runtimes() -> None:
+    # Runtimes run experiments; an experiment reaches its parties through a transport only.
+    graph = _module_graph()
+    assert not {d for d in graph["vfl_sim.experiment"] if d.startswith("vfl_sim.runtimes")}
 
 
 def test_role_packages_are_imported_through_the_vfl_sim_namespace_only() -> None:

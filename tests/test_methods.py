@@ -8,7 +8,8 @@ import torch
 from tests.conftest import embedded_ids, record_requests, trained
 from vfl_sim.errors import ConfigError, RegistryError
 from vfl_sim.experiment import Experiment
-from vfl_sim.server.coordinator import ORIGINAL, UnlearningCoordinator
+from vfl_sim.forget import ORIGINAL
+from vfl_sim.server.coordinator import UnlearningCoordinator
 from vfl_sim.server.methods import (
     MethodParams,
     UnlearningContext,

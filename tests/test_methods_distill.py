@@ -7,9 +7,10 @@ import torch.nn.functional as F
 
 from tests.conftest import record_requests, trained
 from vfl_sim.experiment import Experiment
+from vfl_sim.forget import ORIGINAL
 from vfl_sim.models.top import fuse
 from vfl_sim.protocol import Backward, Embed, LocalOp
-from vfl_sim.server.coordinator import ORIGINAL, UnlearningCoordinator
+from vfl_sim.server.coordinator import UnlearningCoordinator
 from vfl_sim.server.methods import build_method
 from vfl_sim.server.methods.cmf import class_mean_weights
 from vfl_sim.server.methods.mixup import pair_mix

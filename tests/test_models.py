@@ -13,11 +13,11 @@ from tests.conftest import small_config, trained
 from vfl_sim.config import ModelConfig
 from vfl_sim.errors import ConfigError
 from vfl_sim.experiment import prepare
+from vfl_sim.forget import ORIGINAL
 from vfl_sim.models.bottoms import BottomModel
 from vfl_sim.models.zoo import build_bottom, build_top
 from vfl_sim.parties.party import Party
 from vfl_sim.protocol import Embed, LocalOp
-from vfl_sim.server.coordinator import ORIGINAL
 from vfl_sim.server.methods import build_method
 
 BottomKind = Literal["auto", "mlp", "cnn", "mirage"]

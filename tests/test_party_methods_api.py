@@ -8,9 +8,9 @@ import torch
 
 from tests.conftest import small_config
 from vfl_sim.experiment import prepare
+from vfl_sim.parties.build import build_party
 from vfl_sim.parties.party import Party, grad_hook, party_op
 from vfl_sim.protocol import Ack, Backward, Embed, LocalOp
-from vfl_sim.runtimes.local import build_party
 
 
 @party_op("test_scale_embedding")

@@ -1,7 +1,10 @@
 """The same run on every runtime, and processes that end with their run.
 
+- With ``threads: 0`` every runtime computes with the driver's torch thread count, so a run
+  gives bit-identical numbers on ``local`` and ``ray``, and the report says the count.
 - The processes that the Flower runtimes start end when ``vfl-sim`` is killed (``kill -9`` or
-  SIGTERM), grandchildren included.
+  SIGTERM), grandchildren included; a dead Ray party actor fails the run with one line.
+- A local Ray is started without a dashboard (its host, were one started, loopback only).
 
 Every process a test starts carries a marker of its own in its environment (inherited by
 everything below it), which is how the tests find what is left, and clean it up.
@@ -9,6 +12,8 @@ everything below it), which is how the tests find what is left, and clean it up.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import signal
 import subprocess
@@ -17,11 +22,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from tests.conftest import small_config
-from vfl_sim.config import dump_config
+from vfl_sim.config import ExperimentConfig, dump_config
+from vfl_sim.experiment import prepare
 from vfl_sim.runfolder import partial_dir
 
 MARK = "VFL_SIM_TEST_MARK"
@@ -205,3 +213,159 @@ def test_killed_vfl_sim_leaves_no_flower_process(tmp_path: Path, mark: str, sig:
         if run.poll() is None:
             run.kill()
             run.wait()
+
+
+# -- Ray: the same numbers as local, a dead actor, what a local Ray listens on ---------------------
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One local Ray for this module's Ray tests, started as a run starts it."""
+    from vfl_sim.runtimes.ray_runtime import init_ray
+
+    if ray.is_initialized():
+        pytest.skip("another test left Ray running")
+    assert init_ray(small_config(runtime="ray", partition={"parties": 2}))
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _without_timings(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if k not in ("runtime_s", "timings_s")}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+@pytest.mark.processes
+@pytest.mark.timeout(300)
+def test_local_and_ray_give_identical_numbers_with_default_threads(tmp_path: Path, local_ray: None) -> None:
+    """``threads: 0`` is the driver's count, resolved once and used by every party actor too:
+    with 2 threads (where 1 and 2 give different numbers on digits), every number of the
+    report but the timings is identical on ``local`` and ``ray``."""
+    from vfl_sim.runtimes.ray_runtime import run_on_ray
+
+    cfg = small_config(data={"name": "digits"}, train={"epochs": 1}, methods=["retrain"], audit=QUICK_AUDIT)
+    assert cfg.threads == 0
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # tests run with 1 (conftest); 2 is what differs between processes
+        local = prepare(cfg).run(tmp_path / "local")
+        on_ray = run_on_ray(prepare(cfg.model_copy(update={"runtime": "ray"})), tmp_path / "ray")
+    finally:
+        torch.set_num_threads(before)
+    assert local["threads"] == on_ray["threads"] == 2
+    assert on_ray["runtime"] == "ray"
+    mine, theirs = _without_timings(local), _without_timings(on_ray)
+    for report in (mine, theirs):
+        report.pop("runtime")
+    assert json.dumps(mine, sort_keys=True) == json.dumps(theirs, sort_keys=True)
+
+
+def test_dead_ray_actor_fails_the_run_with_one_line(
+    tmp_path: Path, local_ray: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A party actor that dies mid-run (killed here after a few rounds): `vfl-sim run` exits
+    2 with one line naming the party, no traceback."""
+    from vfl_sim.cli import main
+    from vfl_sim.runtimes.ray_runtime import RayTransport
+
+    exchange = RayTransport._exchange
+    rounds = 0
+
+    def dying(self: RayTransport, requests: Any) -> Any:
+        nonlocal rounds
+        rounds += 1
+        if rounds == 5:
+            ray.kill(self.actors["party_1"], no_restart=True)
+        return exchange(self, requests)
+
+    monkeypatch.setattr(RayTransport, "_exchange", dying)
+    cfg: ExperimentConfig = small_config(
+        runtime="ray", data=TINY_DATA, partition={"parties": 2}, methods=["retrain"], audit=QUICK_AUDIT
+    )
+    path = tmp_path / "ray.yaml"
+    path.write_text(dump_config(cfg))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert errors[0].startswith("error: party_1 failed on ") and "its actor died" in errors[0], errors[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_local_ray_starts_without_a_dashboard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local Ray (no ray.address) gets no dashboard, and loopback as its host; a cluster
+    address is joined as it is."""
+    from vfl_sim.runtimes import ray_runtime
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(ray_runtime.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray_runtime.ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_runtime.init_ray(small_config(runtime="ray"))
+    assert calls[-1]["address"] == "local"
+    assert calls[-1]["include_dashboard"] is False and calls[-1]["dashboard_host"] == "127.0.0.1"
+    assert ray_runtime.init_ray(small_config(runtime="ray", ray={"address": "10.0.0.5:6379"}))
+    assert calls[-1] == {"address": "10.0.0.5:6379"}
+
+
+def _listening_addresses(pids: set[int]) -> list[str]:
+    """``address:port`` of every TCP socket in LISTEN state that one of ``pids`` holds."""
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            for fd in (Path("/proc") / str(pid) / "fd").iterdir():
+                try:
+                    target = os.readlink(fd)
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = []
+    for table in ("tcp", "tcp6"):
+        for line in (Path("/proc/net") / table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                address, port = fields[1].split(":")
+                raw = bytes.fromhex(address)
+                # /proc/net/tcp writes each 32-bit word of the address in host (little-endian) order
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                found.append(f"{ipaddress.ip_address(words)}:{int(port, 16)}")
+    return found
+
+
+def _descendants(pid: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    below, grew = {pid}, True
+    while grew:
+        more = {p for p, parent in parents.items() if parent in below} - below
+        grew, below = bool(more), below | more
+    return below - {pid}
+
+
+@LINUX
+@pytest.mark.xfail(
+    strict=True,
+    reason="Ray 2.55 has no setting for it: its gRPC servers (GCS, raylet, workers) listen on every "
+    "interface, and ray.init turns a node address of 127.0.0.1 into the routable one",
+)
+def test_local_ray_listens_on_loopback_only(local_ray: None) -> None:
+    """What a local Ray listens on: loopback only would be right for a run on one machine.
+    Strict xfail: it tells when a Ray version makes it possible."""
+    listening = _listening_addresses(_descendants(os.getpid()))
+    assert listening, "found no listening socket of the local Ray"
+    assert all(a.startswith(("127.", "::1")) for a in listening), listening

@@ -14,9 +14,11 @@ runtime is a factory of the :class:`~vfl_sim.transport.Transport` that reaches i
 from __future__ import annotations
 
 import copy
+import logging
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from vfl_sim.config import ExperimentConfig, config_from_dict, load_config
+from vfl_sim.errors import ConfigError
 from vfl_sim.models.monolithic import MonolithicModel
 from vfl_sim.optim import build_optimizer, build_scheduler, clear_grads
 from vfl_sim.seeding import seed_everything, torch_generator
@@ -32,6 +35,8 @@ from vfl_sim.transport import CommStats, Transport
 if TYPE_CHECKING:
     from vfl_sim.experiment import Experiment
     from vfl_sim.server.server import Server
+
+log = logging.getLogger("vfl_sim")
 
 TransportFactory = Callable[["Experiment"], Transport]
 """Builds the transport of one runtime for a prepared experiment (its parties live elsewhere)."""
@@ -267,8 +272,8 @@ def bench_runtimes(
 
 
 def ray_factory() -> TransportFactory | None:
-    """The transport factory of ``runtime: ray`` (one actor per party), or None where
-    :mod:`vfl_sim.runtimes.ray_runtime` does not import (Ray missing, or the runtime broken)."""
+    """The transport factory of ``runtime: ray`` (one actor per party, on the Ray this process
+    is connected to), or None where the Ray runtime does not import (Ray missing, or broken)."""
     try:
         from vfl_sim.runtimes.ray_runtime import ray_transport
     except Exception:  # noqa: BLE001 - any import failure means: no Ray runtime here
@@ -283,17 +288,20 @@ def ray_factory() -> TransportFactory | None:
 def bench_named_runtimes(
     cfg: ExperimentConfig, runtimes: Sequence[str], *, epochs: int, repeats: int
 ) -> list[dict[str, Any]]:
-    """:func:`bench_runtimes` for runtimes given by name: ``local`` and ``ray``.
+    """:func:`bench_runtimes` for runtimes given by name (see :mod:`vfl_sim.runtimes.base`):
+    those that give this process a transport to their parties, ``local`` and ``ray`` among the
+    built-in ones.
 
-    For ``ray`` a local Ray is started for the case (or the cluster at ``ray.address`` joined)
-    and shut down afterwards; where the Ray runtime does not import, ``ray`` is left out.
+    Each runtime starts its parties as a run would (for ``ray``, a local Ray for the case, or the
+    cluster at ``ray.address``) and stops them afterwards; a runtime that cannot start here (Ray
+    not installed) is left out.
 
     Parameters
     ----------
     cfg
         The experiment.
     runtimes
-        Names among ``local`` and ``ray``, in the order to time them.
+        Runtime names, in the order to time them.
     epochs, repeats
         As for :func:`bench_runtimes`.
 
@@ -302,26 +310,33 @@ def bench_named_runtimes(
     list of dict
         The rows of :func:`bench_runtimes`.
     """
-    unknown = set(runtimes) - {"local", "ray"}
+    from vfl_sim.runtimes.base import Runtime, available_runtimes, get_runtime
+
+    unknown = set(runtimes) - set(available_runtimes())
     if unknown:
         raise ValueError(f"unknown runtimes {sorted(unknown)}; bench times local and ray")
-    factories: dict[str, TransportFactory | None] = {}
+    chosen: dict[str, Runtime] = {}
     for name in runtimes:
-        factory = None if name == "local" else ray_factory()
-        if name == "local" or factory is not None:
-            factories[name] = factory
-    started = False
-    if "ray" in factories:
-        import ray
+        try:
+            chosen[name] = get_runtime(name)
+        except ConfigError as exc:
+            log.warning("bench: leaving out %s", exc)
+    driven = [n for n, r in chosen.items() if not r.drives_parties]
+    if driven:
+        raise ValueError(f"unknown runtimes {sorted(driven)}; bench times local and ray")
 
-        from vfl_sim.runtimes.ray_runtime import init_ray
+    with ExitStack() as stack:
 
-        started = init_ray(cfg)
-    try:
+        def factory_of(runtime: Runtime) -> TransportFactory:
+            def factory(exp: Experiment) -> Transport:
+                transport = stack.enter_context(runtime.parties(exp))
+                assert transport is not None  # only the in-process runtime gives none
+                return transport
+
+            return factory
+
+        factories = {n: None if n == "local" else factory_of(r) for n, r in chosen.items()}
         return bench_runtimes(cfg, factories, epochs=epochs, repeats=repeats)
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def bench_case(cfg: ExperimentConfig, *, epochs: int, repeats: int) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -126,7 +127,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(sweep)
 
-    sub.add_parser("methods", help="list registered unlearning methods and their parameters")
+    methods = sub.add_parser("methods", help="list registered unlearning methods and their parameters")
+    methods.add_argument(
+        "--plugins",
+        nargs="+",
+        default=[],
+        metavar="PLUGIN",
+        help="plugin modules or .py files to import first; their methods are listed with their origin",
+    )
 
     audit = sub.add_parser("audit", help="audit a finished run again from its checkpoints (no training)")
     audit.add_argument("run_dir", type=Path)
@@ -182,29 +190,21 @@ def print_results(report: dict[str, Any], console: Console) -> None:
 def _run(cfg: Any, out: Path | None, overwrite: bool, quiet: bool, resume: bool = False) -> int:
     from vfl_sim.experiment import prepare
     from vfl_sim.progress import ProgressReporter
+    from vfl_sim.runtimes.base import run_experiment
 
     console = _setup_logging(quiet)
     exp = prepare(cfg)
     if resume and out is None:
         raise ConfigError("--resume needs --out, the run folder to finish")
     out = out or _default_out(cfg.name)
-    if cfg.runtime == "local":
-        progress = ProgressReporter(enabled=not quiet, console=console)
-        report = exp.run(out, progress=progress, overwrite=overwrite, resume=resume)
-    elif cfg.runtime == "ray":
-        from vfl_sim.runtimes.ray_runtime import run_on_ray
-
-        progress = ProgressReporter(enabled=not quiet, console=console)
-        log.info("starting the ray runtime (%d party actors)", cfg.partition.parties)
-        report = run_on_ray(exp, out, progress=progress, overwrite=overwrite, resume=resume)
-    else:
-        from vfl_sim.experiment import check_out_dir, partial_dir
-        from vfl_sim.runtimes.flower_runtime import run_on_flower
-
-        if not (resume and (partial_dir(out).exists() or (out / "report.json").is_file())):
-            check_out_dir(out, overwrite)  # before any process starts
-        log.info("starting the %s runtime (%d parties)", cfg.runtime, cfg.partition.parties)
-        report = run_on_flower(cfg, out, overwrite=overwrite, resume=resume, on_line=None if quiet else _relay(console))
+    report = run_experiment(
+        exp,
+        out,
+        overwrite=overwrite,
+        resume=resume,
+        progress=ProgressReporter(enabled=not quiet, console=console),
+        on_line=None if quiet else _relay(console),
+    )
     # The table needs ~110 columns; rich assumes 80 when stdout is not a terminal.
     print_results(report, Console(width=max(Console().width, 112)))
     if not quiet:
@@ -335,13 +335,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 console.print(f"audited again in {report['audit']['runtime_s']:.2f}s: {args.run_dir}/report.json")
             return 0
         if args.command == "methods":
+            from vfl_sim.plugins import import_plugins, resolve_plugins
             from vfl_sim.server.methods import available_methods, get_method
 
+            built_in = set(available_methods())
+            import_plugins(resolve_plugins(args.plugins))
             for name in available_methods():
                 cls = get_method(name)
                 fields = cls.Params.model_fields.items()
                 params = ", ".join(f"{k}={v.get_default(call_default_factory=True)}" for k, v in fields)
-                print(f"{name:<16} supports {','.join(sorted(cls.supports)):<16} {params}")
+                origin = "" if name in built_in else f"  (plugin: {cls.__module__}.{cls.__qualname__})"
+                print(f"{name:<16} supports {','.join(sorted(cls.supports)):<16} {params}{origin}")
             return 0
     except VflSimError as exc:
         err.print(Text.assemble(("error: ", "bold red"), _one_line(str(exc))), highlight=False, soft_wrap=True)
@@ -349,6 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted; no run folder was written")
         return 130
+    except BrokenPipeError:  # `vfl-sim methods | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 1
 
 

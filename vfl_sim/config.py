@@ -23,6 +23,8 @@ from pydantic import (
 )
 
 from vfl_sim.errors import ConfigError
+from vfl_sim.forget import ORIGINAL, ForgetKind
+from vfl_sim.plugins import resolve_plugins
 
 EMBEDDED_DATASETS = ("digits", "breast_cancer", "wine", "synthetic")
 VISION_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn")
@@ -183,18 +185,18 @@ class ForgetConfig(_Section):
         if stray:
             owners = " or ".join(f"'{k}'" for k, fs in fields.items() if stray[0] in fs)
             raise ValueError(f"forget.{stray[0]} is for kind {owners}, not '{self.kind}'")
-        if self.kind == "class" and not self.classes:
+        if self.kind == ForgetKind.CLASS and not self.classes:
             raise ValueError("forget.kind 'class' needs forget.classes, a non-empty list of class indices")
-        if self.kind == "samples":
+        if self.kind == ForgetKind.SAMPLES:
             if (self.ids is None) == (self.fraction is None):
                 raise ValueError("forget.kind 'samples' needs exactly one of forget.ids or forget.fraction")
             if self.ids is not None and not self.ids:
                 raise ValueError("forget.ids is empty")
             if self.stratified and self.fraction is None:
                 raise ValueError("forget.stratified applies to forget.fraction, not to explicit ids")
-        if self.kind in ("party", "features") and not self.party:
+        if self.kind in ForgetKind.OF_A_PARTY and not self.party:
             raise ValueError(f"forget.kind '{self.kind}' needs forget.party, a party id such as party_1")
-        if self.kind == "features" and not self.columns:
+        if self.kind == ForgetKind.FEATURES and not self.columns:
             raise ValueError("forget.kind 'features' needs forget.columns, a non-empty list of column names or indices")
         return self
 
@@ -414,6 +416,10 @@ class ExperimentConfig(_Section):
     runtime: Literal["local", "flower-sim", "flower-deploy", "ray"] = "local"
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     threads: Annotated[int, Field(ge=0, le=4096)] = 0
+    """Torch intra-op threads of every process that computes for the run: the driver, every Ray
+    party actor, Flower's ServerApp and every ClientApp. 0: the count torch uses in the process
+    that starts the run, resolved there once and handed to the others, so that every runtime
+    gives the same numbers (they depend on the count); the report's ``threads`` records it."""
     plugins: list[str] = []
     data: DataConfig = DataConfig()
     partition: PartitionConfig = PartitionConfig()
@@ -442,7 +448,7 @@ class ExperimentConfig(_Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"methods lists {', '.join(dup)} more than once; give each a distinct label")
-        if any(n in ("original",) for n in names):
+        if ORIGINAL in names:
             raise ValueError("'original' is the trained model, not a method; remove it from methods")
         if self.runtime == "flower-sim" and self.flower.superlink is not None:
             raise ValueError("flower.superlink is for runtime 'flower-deploy'; flower-sim starts its own SuperLink")
@@ -635,7 +641,10 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentCo
         )
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: the config must be a mapping of sections (data, partition, model, train, ...)")
-    return config_from_dict(raw, overrides)
+    cfg = config_from_dict(raw, overrides)
+    # Plugins named by the config are found next to it as well as in the working directory.
+    plugins = resolve_plugins(cfg.plugins, Path(path).expanduser().parent)
+    return cfg if plugins == cfg.plugins else cfg.model_copy(update={"plugins": plugins})
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -8,13 +8,10 @@ atomically (into a temporary sibling that is renamed at the end).
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
 import shutil
-import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +24,7 @@ from threadpoolctl import threadpool_limits
 import vfl_sim.server.methods  # noqa: F401  (registers the built-in methods)
 from vfl_sim import __version__
 from vfl_sim.audits.base import AuditData, Auditor, ModelEmbeddings, get_auditor
-from vfl_sim.audits.certificate import RETRAIN, Certification, certify_run
+from vfl_sim.audits.certificate import Certification, certify_run
 from vfl_sim.audits.feature_recovery import FeatureRecoveryAuditor
 from vfl_sim.audits.output import OutputAuditor
 from vfl_sim.audits.probe import stratified_split
@@ -39,16 +36,19 @@ from vfl_sim.data.dataset import VflDataset
 from vfl_sim.data.loaders import load_dataset
 from vfl_sim.data.partition import PartySlice, partition_features
 from vfl_sim.errors import ConfigError, RunFolderError, VflSimError, os_error_text
+from vfl_sim.forget import ORIGINAL, RETRAIN, ForgetKind
 from vfl_sim.models.state import reset_parameters
 from vfl_sim.models.zoo import build_bottom, build_top, resolve_bottom_kind
+from vfl_sim.parties.build import local_transport, party_shapes
 from vfl_sim.plots import write_plots
+from vfl_sim.plugins import import_plugins
 from vfl_sim.progress import ProgressReporter
 from vfl_sim.protocol import LocalOp
 from vfl_sim.report import SCHEMA_VERSION, write_markdown
-from vfl_sim.runtimes.local import local_transport, party_shapes
+from vfl_sim.runfolder import RunFolderLock, check_out_dir, partial_dir, remove_folder, replace_folder, write_atomic
 from vfl_sim.seeding import derive_seed, seed_everything, torch_generator
 from vfl_sim.server.controls import Control, build_controls, is_reserved
-from vfl_sim.server.coordinator import ORIGINAL, UnlearningCoordinator, resolve_forget_request
+from vfl_sim.server.coordinator import UnlearningCoordinator, resolve_forget_request
 from vfl_sim.server.ledger import COMPLETED, LEDGER_FILE, RequestLedger
 from vfl_sim.server.methods.base import ForgetSet, UnlearningMethod
 from vfl_sim.server.methods.registry import available_methods, build_method, get_method
@@ -65,26 +65,22 @@ AUDITORS = ("output", "representation", "reference_free", "feature_recovery")
 BUILT_IN_SECTIONS = (*AUDITORS, "relearning", "certificate", "runtime_s", "communication")
 
 
-def import_plugins(modules: list[str]) -> None:
-    """Import user modules so their ``@register_method`` / ``@register_auditor`` run.
+def resolve_threads(cfg: ExperimentConfig) -> int:
+    """The torch intra-op thread count of every process that computes for a run of ``cfg``:
+    ``threads``, or with 0 this process's count (torch's default unless something set it).
 
-    The working directory is importable, as it is for ``python -m``, so a plugin module next
-    to the config is found when ``vfl-sim`` is run from there.
+    Results depend on the count (a reduction split over more threads adds in another order),
+    so the process that starts a run resolves it once and hands the number to every process
+    of the run (Ray actors, Flower's ServerApp and ClientApps): equal configs then give equal
+    numbers on every runtime, and ``local`` computes as it always did.
     """
-    if modules and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise ConfigError(f"plugins: cannot import '{name}': {exc}") from None
-        except SyntaxError as exc:
-            where = f"{exc.filename}, line {exc.lineno}" if exc.filename else f"line {exc.lineno}"
-            raise ConfigError(f"plugins: '{name}' has a syntax error ({where}): {exc.msg}") from None
-        except SystemExit as exc:
-            raise ConfigError(f"plugins: '{name}' called sys.exit({exc.code!r}) while being imported") from None
-        except Exception as exc:  # a plugin's own bug, or a name it registers twice
-            raise ConfigError(f"plugins: importing '{name}' failed: {type(exc).__name__}: {exc}") from None
+    return cfg.threads or torch.get_num_threads()
+
+
+def apply_threads(threads: int) -> None:
+    """Compute with ``threads`` torch intra-op threads in this process (0: leave it as it is)."""
+    if threads and torch.get_num_threads() != threads:  # as it is when equal: local runs compute as before
+        torch.set_num_threads(threads)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -189,7 +185,7 @@ class Experiment:
                 report: dict[str, Any] = json.loads((out / "report.json").read_text())
                 return report
             log.warning("%s: %s; finishing the run again", out, damage)
-            _replace_folder(out, work)
+            replace_folder(out, work)
             reopened = True
         if resume and work.exists():
             self._check_same_config(work)
@@ -202,7 +198,7 @@ class Experiment:
                         f"a partial run of {out} exists in {work} (an earlier run was interrupted); "
                         "pass --resume to finish it or --overwrite to start again"
                     )
-                _remove_folder(work)
+                remove_folder(work)
             try:
                 work.mkdir(parents=True)
             except OSError as exc:
@@ -300,8 +296,7 @@ class Experiment:
 
     def _run(self, work: Path, progress: ProgressReporter, transport: Transport | None) -> dict[str, Any]:
         cfg = self.cfg
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        apply_threads(cfg.threads)  # 0: a runtime's process already applied the driver's count
         seed_everything(cfg.seed)
         (work / "config.yaml").write_text(dump_config(cfg))
         server = self.build_server(transport)
@@ -379,7 +374,7 @@ class Experiment:
         data = self.gather(server, names)
         timings["gather"] = time.perf_counter() - start
         results = self.audit(data, timings)
-        if self.forget.kind == "class" and self.cfg.audit.relearning.enabled:
+        if self.forget.kind == ForgetKind.CLASS and self.cfg.audit.relearning.enabled:
             start = time.perf_counter()
             for name, section in self.relearning(server, names).items():
                 results[name]["relearning"] = section
@@ -474,8 +469,8 @@ class Experiment:
         report = self.report(runs, results, timings, data, certification)
         if "ledger" in old:
             report["ledger"] = old["ledger"]
-        _write_atomic(folder / "report.json", json.dumps(report, indent=2).encode())
-        _write_atomic(folder / "report.md", write_markdown(report).encode())
+        write_atomic(folder / "report.json", json.dumps(report, indent=2).encode())
+        write_atomic(folder / "report.md", write_markdown(report).encode())
         tmp = folder / "audit_embeddings.tmp.npz"
         np.savez_compressed(tmp, **_embedding_arrays(data))  # type: ignore[arg-type]
         os.replace(tmp, folder / "audit_embeddings.npz")
@@ -525,7 +520,7 @@ class Experiment:
         """The audit samples, their labels and forget mask, with no model views yet."""
         ids, split = self.audit_ids()
         labels = self.dataset.labels[ids]
-        if self.forget.kind == "class":
+        if self.forget.kind == ForgetKind.CLASS:
             forget = np.isin(labels, self.forget.classes)
         elif self.forget.removes_data_of_a_party:
             forget = np.zeros(ids.size, dtype=bool)  # every sample stays; a party's data goes
@@ -546,7 +541,7 @@ class Experiment:
         simulator, which holds all the data; no party or server role sees another party's columns."""
         party = next(s for s in self.slices if s.party_id == self.forget.party)
         view = party.take(self.dataset.features[ids])
-        if self.forget.kind == "features":
+        if self.forget.kind == ForgetKind.FEATURES:
             view = view[..., list(self.forget.columns)]
         return view.reshape(ids.size, -1)
 
@@ -559,7 +554,9 @@ class Experiment:
         try:
             stratified_split(frame.forget[rows], eval_fraction=self.cfg.audit.probe_eval_fraction)
         except ValueError as exc:
-            where = "test samples of the forgotten classes" if self.forget.kind == "class" else "forgotten samples"
+            where = (
+                "test samples of the forgotten classes" if self.forget.kind == ForgetKind.CLASS else "forgotten samples"
+            )
             raise ConfigError(
                 f"audit: too few {where} for the probe ({exc}); use more data (data.test_fraction, "
                 "data.synthetic.samples) or a larger forget request"
@@ -577,7 +574,7 @@ class Experiment:
             loaded = server.load_state(name)
             embeddings, per_layer = server.embed(torch.from_numpy(ids), layers=layers)
             logits = server.logits(embeddings).cpu().numpy()
-            if self.forget.kind == "party":
+            if self.forget.kind == ForgetKind.PARTY:
                 shuffled[name] = self._logits_with_party_shuffled(server, embeddings)
             view = ModelEmbeddings(
                 parties={pid: e.cpu().numpy() for pid, e in zip(server.party_ids, embeddings)},
@@ -726,6 +723,8 @@ class Experiment:
             "name": self.cfg.name,
             "seed": self.cfg.seed,
             "runtime": self.cfg.runtime,
+            # What the server computed with; every party of the run uses the same count.
+            "threads": torch.get_num_threads(),
             "dataset": self.dataset.describe(),
             "parties": [s.describe() for s in self.slices],
             "forget_request": self.forget.describe(),
@@ -859,222 +858,6 @@ def read_report(folder: Path) -> dict[str, Any]:
     return report
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def partial_dir(out: Path) -> Path:
-    """Where the run folder ``out`` is built until it is complete."""
-    return out.parent / f".{out.name}.partial"
-
-
-def check_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse a run folder that another process is writing, that is a file or cannot be
-    written, and a non-empty one unless asked to replace it."""
-    owner = lock_owner(out)
-    if owner is not None and owner != (os.getpid(), socket.gethostname()) and _alive(owner, lock_file(out)):
-        raise _locked(out, owner)
-    if out.exists() and not out.is_dir():
-        raise RunFolderError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and not os.access(out, os.R_OK | os.W_OK | os.X_OK):
-        raise RunFolderError(f"output folder {out} is not writable (permissions, or an immutable folder)")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"output folder {out} exists and is not empty; choose another --out or pass --overwrite")
-    above = _existing_ancestor(out.parent)
-    if not above.is_dir():
-        raise RunFolderError(f"--out {out}: {above} is a file, not a folder")
-    if not os.access(above, os.W_OK | os.X_OK):
-        raise RunFolderError(f"cannot write the run folder {out}: {above} is not writable")
-
-
-def _existing_ancestor(path: Path) -> Path:
-    """``path`` or the nearest of its parents that exists (a file, when ``path`` is under one)."""
-    while not (path.exists() or path.is_symlink()) and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _remove_folder(folder: Path) -> None:
-    try:
-        shutil.rmtree(folder)
-    except OSError as exc:
-        raise RunFolderError(f"cannot remove {folder}: {os_error_text(exc)}") from None
-
-
-def _replace_folder(src: Path, dst: Path) -> None:
-    try:
-        os.replace(src, dst)
-    except OSError as exc:
-        raise RunFolderError(f"cannot move {src} to {dst}: {os_error_text(exc)}") from None
-
-
-# --------------------------------------------------------------------------------------------
-# One writer per run folder
-
-
-_HELD: set[Path] = set()  # the locks this process holds
-
-
-def lock_file(out: Path) -> Path:
-    """The lock of run folder ``out`` while a process writes it: next to it (and to its partial
-    folder), holding the writer's pid and host."""
-    return out.parent / f".{out.name}.lock"
-
-
-def lock_owner(out: Path) -> tuple[int, str] | None:
-    """``(pid, host)`` of the process that holds the lock of ``out``, None if it is not locked;
-    ``(0, "")`` for a lock that cannot be read (one being written, or garbled)."""
-    try:
-        text = lock_file(out).read_text(errors="replace")
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return (0, "")
-    pid, _, host = text.strip().partition(" ")
-    return (int(pid), host) if pid.isdigit() else (0, "")
-
-
-def _alive(owner: tuple[int, str], lock: Path | None = None) -> bool:
-    """Whether the process that wrote a lock may still run: a dead pid on this host is not;
-    a process on another host cannot be checked and counts as running."""
-    pid, host = owner
-    if pid == 0:  # unreadable: a writer between creating the file and writing its pid, or garbage
-        try:
-            return lock is not None and time.time() - lock.stat().st_mtime < 30
-        except OSError:
-            return False
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def _locked(out: Path, owner: tuple[int, str]) -> RunFolderError:
-    pid, host = owner
-    who = f"pid {pid} on {host}" if pid else "a process"
-    return RunFolderError(
-        f"run folder {out} is being written by another vfl-sim process ({who}; lock {lock_file(out)}); "
-        "wait for it to finish or choose another --out (delete the lock only if that process is gone)"
-    )
-
-
-class RunFolderLock:
-    """Hold the lock of run folder ``out`` (the parent folders are made if needed, and removed
-    again if they are still empty on release). The lock file is created atomically
-    (``O_EXCL``); a lock whose process is dead is taken over; a live one raises
-    :class:`RunFolderError`."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.path = lock_file(out)
-        self._made: list[Path] = []
-        self._held = False
-
-    def __enter__(self) -> RunFolderLock:
-        self._made = _make_folders(self.out, self.out.parent)
-        try:
-            self._acquire()
-        except BaseException:
-            self._remove_made()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._held:
-            self.path.unlink(missing_ok=True)
-            _HELD.discard(self.path.absolute())
-            self._held = False
-        self._remove_made()
-
-    def _acquire(self) -> None:
-        me = f"{os.getpid()} {socket.gethostname()}\n".encode()
-        for _ in range(5):
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                owner = lock_owner(self.out)
-                if owner is None:
-                    continue  # released meanwhile
-                mine = owner == (os.getpid(), socket.gethostname())
-                # A lock with this pid that this process does not hold was left by an earlier
-                # process with the same pid (pids start low again in a restarted container).
-                if (self.path.absolute() in _HELD) if mine else _alive(owner, self.path):
-                    raise _locked(self.out, owner) from None
-                self._take_over_stale(owner)
-                continue
-            except OSError as exc:
-                raise RunFolderError(f"cannot write the run folder {self.out}: {os_error_text(exc)}") from None
-            try:
-                os.write(fd, me)
-            finally:
-                os.close(fd)
-            self._held = True
-            _HELD.add(self.path.absolute())
-            return
-        raise _locked(self.out, lock_owner(self.out) or (0, ""))
-
-    def _take_over_stale(self, owner: tuple[int, str]) -> None:
-        """Remove the lock left by dead ``owner``, unless another process took it over first
-        (the rename is atomic: of two processes, one gets the stale file)."""
-        aside = self.path.with_name(f"{self.path.name}.{os.getpid()}.stale")
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return
-        pid, _, host = aside.read_text(errors="replace").strip().partition(" ")
-        if (int(pid) if pid.isdigit() else 0, host) == owner:
-            log.warning("taking over the lock of %s left by pid %d, which is gone", self.out, owner[0])
-            aside.unlink(missing_ok=True)
-            return
-        try:  # it was a fresh lock of another writer: put it back (link never replaces one)
-            os.link(aside, self.path)
-        except OSError:
-            pass
-        aside.unlink(missing_ok=True)
-
-    def _remove_made(self) -> None:
-        for folder in reversed(self._made):
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        self._made = []
-
-
-def _make_folders(out: Path, folder: Path) -> list[Path]:
-    """Make ``folder`` and its missing parents; returns those made, outermost first. A
-    :class:`RunFolderError` names the path when one cannot be made (a file in the way,
-    permissions); what was made is removed again then."""
-    missing: list[Path] = []
-    above = folder
-    while not (above.exists() or above.is_symlink()) and above != above.parent:
-        missing.append(above)
-        above = above.parent
-    if not above.is_dir():
-        raise RunFolderError(f"--out {out}: {above} is a file, not a folder")
-    made: list[Path] = []
-    for path in reversed(missing):
-        try:
-            path.mkdir()
-        except FileExistsError:
-            if not path.is_dir():
-                raise RunFolderError(f"--out {out}: {path} is a file, not a folder") from None
-            continue
-        except OSError as exc:
-            for done in reversed(made):
-                done.rmdir()
-            raise RunFolderError(f"cannot write the run folder {out}: {os_error_text(exc)}") from None
-        made.append(path)
-    return made
-
-
 def physical_memory() -> int | None:
     """Bytes of physical memory of this machine, None where the OS does not say."""
     try:
@@ -1130,7 +913,7 @@ def expand_methods(specs: list[MethodSpec], kind: str) -> list[MethodSpec]:
         raise ConfigError("methods: 'all' stands alone, once and without params")
     listed = {m.model_name for m in specs}
     supporting = [n for n in available_methods() if kind in get_method(n).supports and n not in listed]
-    supporting.sort(key=lambda n: (n != "retrain", n))
+    supporting.sort(key=lambda n: (n != RETRAIN, n))
     out: list[MethodSpec] = []
     for m in specs:
         out.extend(MethodSpec(name=n) for n in supporting) if m.name == ALL_METHODS else out.append(m)

@@ -47,6 +47,8 @@ from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from vfl_sim.forget import ORIGINAL, RETRAIN, ForgetKind
+
 __all__ = [
     "DPI",
     "PLOT_FILES",
@@ -60,8 +62,6 @@ __all__ = [
 DPI = 120
 """Resolution of the written PNGs."""
 
-ORIGINAL = "original"
-RETRAIN = "retrain"
 
 # Colour is taken by the LPR gap in the trilemma, so the two reference models are told apart by shape.
 _MARKERS = {ORIGINAL: "s", RETRAIN: "D"}
@@ -104,7 +104,7 @@ def _title(report: Mapping[str, Any], what: str) -> str:
     kind = _get(report, "forget_request", "kind")
     classes = _get(report, "forget_request", "classes")
     request = f"{kind} request" if isinstance(kind, str) else ""
-    if kind == "class" and isinstance(classes, list) and classes:
+    if kind == ForgetKind.CLASS and isinstance(classes, list) and classes:
         request += " " + ", ".join(str(c) for c in classes)
     context = " - ".join(s for s in (str(name) if name is not None else "", request) if s)
     return f"{what}\n({context})" if context else what

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -36,6 +37,9 @@ class Registry(Generic[T]):
         def wrap(cls: C) -> C:
             if not (isinstance(cls, type) and issubclass(cls, self.base)):
                 raise TypeError(f"registering '{name}' needs a subclass of {self.base.__name__}")
+            if inspect.isabstract(cls):  # it would fail only when a run builds it
+                missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
+                raise TypeError(f"{self.kind} '{name}' ({cls.__name__}) does not implement {missing}")
             if name in self._entries and self._entries[name] is not cls:
                 raise ValueError(f"an {self.kind} named '{name}' is already registered")
             cls.name = name  # type: ignore[attr-defined]

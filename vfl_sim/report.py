@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
+from vfl_sim.forget import ForgetKind
+
 SCHEMA_VERSION = "1.1"
 """1.1: ``controls`` (built-in control models and calibration retrains, audited like models),
 ``audit.certificate`` (controls, calibration, power, tolerances), checks with ``status``,
@@ -260,11 +262,11 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], *, righ
 
 def request_target(f: dict[str, Any]) -> str:
     """What a forget request (``report["forget_request"]``) removes, in a few words."""
-    if f["kind"] == "class":
+    if f["kind"] == ForgetKind.CLASS:
         return f"classes {f['classes']}"
-    if f["kind"] == "party":
+    if f["kind"] == ForgetKind.PARTY:
         return f"{f['party']} leaves"
-    if f["kind"] == "features":
+    if f["kind"] == ForgetKind.FEATURES:
         return f"columns {f['columns']} of {f['party']}"
     return f"{f['forget_train_samples']} training samples"
 

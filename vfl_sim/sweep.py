@@ -53,6 +53,7 @@ from vfl_sim.config import (
     set_dotted,
 )
 from vfl_sim.errors import ConfigError, RunFolderError, VflSimError, os_error_text
+from vfl_sim.runfolder import partial_dir, write_atomic
 from vfl_sim.sweep_table import (
     FAILED,
     FINISHED,
@@ -375,6 +376,7 @@ def run_cell(raw: dict[str, Any], out_dir: str, resume: bool) -> dict[str, Any]:
     import torch
 
     from vfl_sim.experiment import prepare
+    from vfl_sim.runtimes.base import run_experiment
 
     info = {"host": socket.gethostname(), "pid": os.getpid()}
     start = time.perf_counter()
@@ -383,7 +385,7 @@ def run_cell(raw: dict[str, Any], out_dir: str, resume: bool) -> dict[str, Any]:
         # One CPU per task: torch's default of one thread per core would make every cell
         # compete for all cores.
         torch.set_num_threads(cfg.threads or 1)
-        report = prepare(cfg).run(out_dir, resume=resume, overwrite=not resume)
+        report = run_experiment(prepare(cfg), out_dir, resume=resume, overwrite=not resume)
     except Exception as exc:
         return {
             "status": FAILED,
@@ -463,12 +465,6 @@ def error_file(out: Path, cell: Cell) -> Path:
     return out / CELLS / f"{cell.id}.error.json"
 
 
-def _partial(folder: Path) -> Path:
-    from vfl_sim.experiment import partial_dir
-
-    return partial_dir(folder)
-
-
 def _is_finished(folder: Path, cfg_yaml: str) -> bool:
     saved = folder / "config.yaml"
     return (folder / "report.json").is_file() and saved.is_file() and saved.read_text() == cfg_yaml
@@ -488,7 +484,7 @@ def _check_out(sweep: Sweep, out: Path, overwrite: bool) -> None:
     stale = []
     for cell in sweep.cells:
         want = dump_config(cell.config)
-        for folder in (cell_dir(out, cell), _partial(cell_dir(out, cell))):
+        for folder in (cell_dir(out, cell), partial_dir(cell_dir(out, cell))):
             saved = folder / "config.yaml"
             if saved.is_file() and saved.read_text() != want:
                 stale.append(cell.id)
@@ -499,12 +495,6 @@ def _check_out(sweep: Sweep, out: Path, overwrite: bool) -> None:
             f"{out}: {which} run with another config than this sweep gives it (the base "
             "config or a --set changed); pass --overwrite to run every cell again, or choose another --out"
         )
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _available_cpus() -> int:
@@ -526,6 +516,7 @@ def ray_session(address: str | None, cpus: int, runtime_env: dict[str, Any] | No
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
+        "dashboard_host": "127.0.0.1",  # were a dashboard started: this machine only
         "log_to_driver": False,
         "logging_level": logging.WARNING,
         "runtime_env": runtime_env,
@@ -600,7 +591,7 @@ def run_sweep(
             for name in OUTPUTS:
                 (out / name).unlink(missing_ok=True)
         (out / CELLS).mkdir(parents=True, exist_ok=True)
-        _write_atomic(out / SWEEP_FILE, yaml.safe_dump(sweep.raw, sort_keys=False))
+        write_atomic(out / SWEEP_FILE, yaml.safe_dump(sweep.raw, sort_keys=False))
     except OSError as exc:
         raise RunFolderError(f"cannot write the sweep folder {out}: {os_error_text(exc)}") from None
 
@@ -624,7 +615,7 @@ def run_sweep(
         result.rows = [r for c in sweep.cells for r in rows.get(c.id, [])]
         write_tables(result.rows, sweep.axes, out)
         summary = summary_markdown(result.rows, sweep.axes, title=sweep.name, total_cells=len(sweep.cells))
-        _write_atomic(out / SUMMARY_FILE, summary)
+        write_atomic(out / SUMMARY_FILE, summary)
         result.wall_s = time.perf_counter() - start
 
     if not todo:
@@ -668,7 +659,7 @@ def run_sweep(
             while pending or inflight:
                 while pending and len(inflight) < window:
                     cell = pending.popleft()
-                    resume = _partial(cell_dir(out, cell)).is_dir()
+                    resume = partial_dir(cell_dir(out, cell)).is_dir()
                     ref = task.options(
                         num_cpus=1,
                         num_gpus=sweep.settings.gpus_per_cell,
@@ -705,8 +696,8 @@ def _record(out: Path, cell: Cell, outcome: Mapping[str, Any], result: SweepResu
             # The cell ran on a node that does not share this folder: keep its report and
             # config here (its checkpoints stay on that node).
             folder.mkdir(parents=True, exist_ok=True)
-            _write_atomic(folder / "config.yaml", outcome["config_yaml"])
-            _write_atomic(folder / "report.json", json.dumps(report, indent=2))
+            write_atomic(folder / "config.yaml", outcome["config_yaml"])
+            write_atomic(folder / "report.json", json.dumps(report, indent=2))
         errors.unlink(missing_ok=True)
         result.ran.append(cell.id)
         log.info("cell %s finished in %.1fs", cell.id, outcome.get("runtime_s", 0.0))
@@ -722,7 +713,7 @@ def _record(out: Path, cell: Cell, outcome: Mapping[str, Any], result: SweepResu
         "runtime_s": outcome.get("runtime_s"),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_atomic(errors, json.dumps(record, indent=2, default=str))
+    write_atomic(errors, json.dumps(record, indent=2, default=str))
     result.failed[cell.id] = error
     log.warning("cell %s failed: %s", cell.id, error)
     return [failed_row(cell.id, cell.overrides, cell.config.seed, error)]

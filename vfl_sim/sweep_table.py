@@ -13,13 +13,13 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vfl_sim.report import markdown_table
+from vfl_sim.runfolder import write_atomic
 
 FINISHED = "finished"
 FAILED = "failed"
@@ -154,13 +154,6 @@ def failed_row(cell_id: str, overrides: Mapping[str, Any], seed: int, error: str
 # Writing
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # A reader (or a sweep killed mid-write) sees the old table or the new one, never half of one.
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _csv_value(value: Any) -> Any:
     if value is None:
         return ""
@@ -187,8 +180,8 @@ def jsonl_text(rows: Iterable[Mapping[str, Any]], cols: Sequence[str]) -> str:
 def write_tables(rows: Sequence[Mapping[str, Any]], axes: Sequence[str], out: Path) -> None:
     """Write ``results.csv`` and ``results.jsonl`` into ``out``, each atomically."""
     cols = columns(axes)
-    _write_atomic(out / "results.csv", csv_text(rows, cols))
-    _write_atomic(out / "results.jsonl", jsonl_text(rows, cols))
+    write_atomic(out / "results.csv", csv_text(rows, cols))
+    write_atomic(out / "results.jsonl", jsonl_text(rows, cols))
 
 
 # --------------------------------------------------------------------------------------------

@@ -112,6 +112,7 @@ from typing import Any, Literal
 import numpy as np
 
 from vfl_sim.config import CertificateThresholds
+from vfl_sim.forget import ORIGINAL, RETRAIN, ForgetKind
 
 __all__ = [
     "Certificate",
@@ -129,8 +130,7 @@ __all__ = [
 Status = Literal["pass", "fail", "inconclusive", "n/a"]
 Sided = Literal["upper", "lower", "two"]
 STATUSES: tuple[Status, ...] = ("pass", "fail", "inconclusive", "n/a")
-ORIGINAL, RETRAIN = "original", "retrain"
-KINDS = ("class", "samples", "party", "features")
+KINDS = ForgetKind.ALL
 
 CLAIMS = {
     "removal": "keeps utility and forgets at the output and in its representations",
@@ -475,24 +475,24 @@ def _output(
     kind: str, m: Mapping[str, Any], retrain: Mapping[str, Any] | None, t: CertificateThresholds
 ) -> list[Measurement]:
     out = m["output"]
-    if kind == "party":
+    if kind == ForgetKind.PARTY:
         dep = out.get("party_dependence")
         if dep is None:
             return []
         what = "share of predictions that change when the departed party's embedding is shuffled"
         return [Measurement("party_dependence", what, dep, 0.0, "upper", t.party_dependence, pct=True)]
-    if kind == "features":
+    if kind == ForgetKind.FEATURES:
         return []
     ref = retrain["output"] if retrain is not None else None
     found: list[Measurement] = []
     keys = (("forget_test_acc", "forgotten test accuracy"), ("forget_train_acc", "forgotten train accuracy"))
-    for key, what in keys if kind == "class" else keys[1:]:
+    for key, what in keys if kind == ForgetKind.CLASS else keys[1:]:
         value = out.get(key)
         if value is None:
             continue
         if ref is not None and ref.get(key) is not None:
             reference, interval = float(ref[key]), _paired(out, key, float(ref[key]))
-        elif kind == "class":
+        elif kind == ForgetKind.CLASS:
             reference, interval = 0.0, None  # a model that never saw a class never predicts it
         elif out.get("retain_test_acc") is not None:
             reference, interval = float(out["retain_test_acc"]), None  # as if unseen
@@ -519,7 +519,7 @@ def _output(
                 interval,
                 # A class request's forgotten-class accuracy is the decisive output test; the
                 # membership attack on a few dozen samples supports it (it can fail the verdict).
-                supporting=kind == "class",
+                supporting=kind == ForgetKind.CLASS,
             )
         )
     rf = m.get("reference_free")
@@ -543,7 +543,7 @@ def _representation(
     kind: str, m: Mapping[str, Any], retrain: Mapping[str, Any], t: CertificateThresholds
 ) -> list[Measurement]:
     found: list[Measurement] = []
-    if kind in ("party", "features"):
+    if kind in ForgetKind.OF_A_PARTY:
         rec = m.get("feature_recovery") or {}
         views = {"fused": rec.get("fused"), **rec.get("parties", {}), "output": rec.get("output")}
         for view, r in views.items():
@@ -599,7 +599,7 @@ def _representation(
                     None if interval is None else (interval[0], interval[1]),
                 )
             )
-    if kind != "class":
+    if kind != ForgetKind.CLASS:
         return found
     fused = rep["fused"]
     to_orig, to_retrain = fused.get("cka_original"), fused.get("cka_retrain")
@@ -790,10 +790,10 @@ def certify_run(
             ),
             "output_forgetting": Verdict.of(
                 checks["output_forgetting"],
-                note=None if retrain is not None or kind in ("party", "features") else no_retrain,
+                note=None if retrain is not None or kind in ForgetKind.OF_A_PARTY else no_retrain,
                 empty=(
                     "a feature request forgets no samples; its outputs are judged by utility alone"
-                    if kind == "features"
+                    if kind == ForgetKind.FEATURES
                     else "nothing at the output to check"
                 ),
             ),
@@ -809,7 +809,7 @@ def certify_run(
 
     power = _power(kind, verdicts, roles, diverged)
     certificates: dict[str, Certificate] = {}
-    party_data = kind in ("party", "features")
+    party_data = kind in ForgetKind.OF_A_PARTY
     for name in models:
         if name in diverged:
             gone = Verdict("n/a", (), f"diverged: {diverged[name]}")
@@ -830,7 +830,9 @@ def _power(
 ) -> dict[str, dict[str, Any]]:
     """Whether each forgetting verdict can fail on this run, from the controls' verdicts."""
     negative_rep = (
-        ORIGINAL if kind in ("class", "samples") else next((n for n, r in roles.items() if r == "negative"), None)
+        ORIGINAL
+        if kind in (ForgetKind.CLASS, ForgetKind.SAMPLES)
+        else next((n for n, r in roles.items() if r == "negative"), None)
     )
     needed: dict[str, list[str | None]] = {
         "output_forgetting": [ORIGINAL],

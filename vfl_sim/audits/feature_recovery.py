@@ -80,6 +80,7 @@ from sklearn.model_selection import train_test_split
 from vfl_sim.audits._arrays import feature_matrix, to_numpy
 from vfl_sim.audits.base import AuditData, Auditor, ModelEmbeddings, register_auditor
 from vfl_sim.audits.probe import Interval
+from vfl_sim.forget import ORIGINAL, RETRAIN, ForgetKind
 
 __all__ = [
     "TargetComponents",
@@ -95,7 +96,6 @@ __all__ = [
     "FeatureRecoveryAuditor",
 ]
 
-ORIGINAL, RETRAIN = "original", "retrain"
 
 # Both parts of a split need two samples: the eval part's R^2 divides by its variance around
 # its own mean, which one sample does not have, and one fit sample leaves nothing to regress.
@@ -777,7 +777,7 @@ class FeatureRecoveryAuditor(Auditor):
 
     def _inputs(self, data: AuditData) -> tuple[np.ndarray, np.ndarray, str]:
         """Row mask, the removed columns of those rows, and the removed party."""
-        if data.kind not in ("party", "features"):
+        if data.kind not in ForgetKind.OF_A_PARTY:
             raise ValueError(
                 f"feature_recovery audits party and feature requests (kind 'party' or 'features'), not '{data.kind}'"
             )
@@ -811,7 +811,7 @@ class FeatureRecoveryAuditor(Auditor):
             raise ValueError(
                 f"data.meta['removed_party'] is {party!r}, not a party of the models ({', '.join(reference.parties)})"
             )
-        excluded = party if data.kind == "party" else None
+        excluded = party if data.kind == ForgetKind.PARTY else None
         kept = [pid for pid in reference.parties if pid != excluded]
         views = {name: self._views(name, m, kept, rows) for name, m in data.models.items()}
         keys = ["fused", *kept]

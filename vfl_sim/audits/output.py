@@ -25,6 +25,7 @@ import numpy as np
 
 from vfl_sim.audits.base import AuditData, Auditor, register_auditor
 from vfl_sim.audits.membership import membership_inference, membership_scores, paired_auc_difference
+from vfl_sim.forget import RETRAIN, ForgetKind
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float | None:
@@ -110,7 +111,7 @@ def membership_groups(data: AuditData) -> np.ndarray:
     should look like (class requests: test samples of the forgotten classes; sample requests:
     every test sample), ``other`` for the rest."""
     member = data.split == "forget_train"
-    unseen = (data.split == "test") & (data.forget if data.kind == "class" else True)
+    unseen = (data.split == "test") & (data.forget if data.kind == ForgetKind.CLASS else True)
     return np.where(member, "member", np.where(unseen, "nonmember", "other"))
 
 
@@ -153,7 +154,7 @@ class OutputAuditor(Auditor):
     def audit(self, data: AuditData) -> dict[str, dict[str, Any]]:
         groups = membership_groups(data)
         has_groups = bool((groups == "member").any() and (groups == "nonmember").any())
-        reference = data.models["retrain"].logits if "retrain" in data.models else None
+        reference = data.models[RETRAIN].logits if RETRAIN in data.models else None
         shuffled = data.meta.get("shuffled_party_logits", {})
         masks = accuracy_groups(data.split, data.forget)
         keep = (groups == "member") | (groups == "nonmember")

@@ -62,13 +62,12 @@ from vfl_sim.audits.consistency import retrain_consistency
 from vfl_sim.audits.output import paired_accuracy_difference
 from vfl_sim.audits.probe import ProbeCI, forgotten_class_recovery, paired_gap, probe_many_ci
 from vfl_sim.audits.separability import fisher_ratio, forget_silhouette, knn_purity
-
-ORIGINAL, RETRAIN = "original", "retrain"
+from vfl_sim.forget import ORIGINAL, RETRAIN, ForgetKind
 
 
 def probe_samples(data: AuditData, seed: int = 0) -> np.ndarray:
     """Which audit samples the probes and CKA use for this request kind (a boolean mask)."""
-    if data.kind == "class":
+    if data.kind == ForgetKind.CLASS:
         return data.mask("test")
     forget = data.mask("forget_train")
     retain = np.flatnonzero(data.mask("retain_train"))
@@ -120,7 +119,7 @@ class RepresentationAuditor(Auditor):
             )
         )
         probes = {n: {k: next(results) for k in keys} for n in names}
-        recovery = self._class_recovery(data) if data.kind == "class" else {}
+        recovery = self._class_recovery(data) if data.kind == ForgetKind.CLASS else {}
         layers = self._layers(data, rows, is_forget)
 
         out: dict[str, dict[str, Any]] = {}

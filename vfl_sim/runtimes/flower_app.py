@@ -8,8 +8,10 @@ dataset is pure (same config, same slice), so it is cached: per process, and on 
 (:func:`party_view`), since a deployment starts a new process for every message.
 
 The run's config travels in the Flower run config as one JSON string (``vfl-config``), with
-the run folder (``out-dir``), the timeouts and the submitter's working directory (for plugin
-modules) beside it: :data:`APP_CONFIG` lists the keys and their defaults.
+the run folder (``out-dir``), the timeouts, the submitter's working directory (for plugin
+modules) and the torch thread count that the submitter resolved (``threads``, applied by the
+ServerApp and every ClientApp alike) beside it: :data:`APP_CONFIG` lists the keys and their
+defaults.
 """
 
 from __future__ import annotations
@@ -33,14 +35,16 @@ from vfl_sim import __version__
 from vfl_sim.config import ExperimentConfig, config_from_dict
 from vfl_sim.data.loaders import load_dataset
 from vfl_sim.data.partition import partition_features, party_ids
+from vfl_sim.experiment import apply_threads, prepare, resolve_threads
+from vfl_sim.parties.build import build_party
 from vfl_sim.parties.party import Party
+from vfl_sim.plugins import import_plugins
 from vfl_sim.runtimes.flower_codec import decode_request, encode_reply
 from vfl_sim.runtimes.flower_state import restore_party, save_party, state_stamp
 from vfl_sim.runtimes.flower_transport import FlowerTransport, hello_reply
-from vfl_sim.runtimes.local import build_party
 from vfl_sim.seeding import derive_seed
 
-CONFIG_KEY, OUT_KEY, WORKDIR_KEY = "vfl-config", "out-dir", "work-dir"
+CONFIG_KEY, OUT_KEY, WORKDIR_KEY, THREADS_KEY = "vfl-config", "out-dir", "work-dir", "threads"
 
 APP_CONFIG: dict[str, Any] = {
     CONFIG_KEY: "{}",
@@ -51,6 +55,7 @@ APP_CONFIG: dict[str, Any] = {
     "connect-timeout": 120.0,
     "round-timeout": 120.0,
     "poll-interval": 0.02,
+    THREADS_KEY: 0,
 }
 """The app's run-config keys and defaults (``[tool.flwr.app.config]``; Flower accepts only
 overrides of keys declared there)."""
@@ -60,6 +65,9 @@ def run_config_for(cfg: ExperimentConfig, out_dir: str, **extra: Any) -> dict[st
     """The Flower run config that carries an experiment (flat keys, as Flower requires).
 
     The Flower section of ``cfg`` gives the timeouts and poll interval; ``extra`` overrides.
+    The thread count is resolved here, in the submitting process
+    (:func:`~vfl_sim.experiment.resolve_threads`), so that every process of the run computes
+    with the one a ``local`` run of ``cfg`` would use here.
     """
     config = {
         **APP_CONFIG,
@@ -69,6 +77,7 @@ def run_config_for(cfg: ExperimentConfig, out_dir: str, **extra: Any) -> dict[st
         "connect-timeout": cfg.flower.connect_timeout,
         "round-timeout": cfg.flower.round_timeout,
         "poll-interval": cfg.flower.poll_interval,
+        THREADS_KEY: resolve_threads(cfg),
     }
     config.update(extra)
     unknown = set(config) - set(APP_CONFIG)
@@ -82,10 +91,18 @@ def _setting(context: Context, key: str) -> Any:
     return context.run_config.get(key, APP_CONFIG[key])
 
 
+def _apply_threads(context: Context) -> int:
+    """Compute with the run's thread count in this process (0, from a run config that lacks
+    it: ``threads`` of the run's config, or this process's count); returns the count."""
+    threads = int(_setting(context, THREADS_KEY))
+    if not threads:
+        threads = config_from_dict(json.loads(str(context.run_config[CONFIG_KEY]))).threads
+    apply_threads(threads)
+    return threads or torch.get_num_threads()
+
+
 def _import_plugins(context: Context) -> ExperimentConfig:
     """The run's config, after importing its plugin modules (their methods and party ops)."""
-    from vfl_sim.experiment import import_plugins
-
     work_dir = str(_setting(context, WORKDIR_KEY))
     if work_dir and work_dir not in sys.path:
         sys.path.insert(0, work_dir)
@@ -156,6 +173,7 @@ _RESIDENT: dict[tuple[int, int], tuple[int, Party]] = {}
 
 
 def _party(context: Context) -> Party:
+    _apply_threads(context)  # a process may serve several runs (Flower's simulation reuses them)
     key = (context.run_id, context.node_id)
     resident = _RESIDENT.get(key)
     if resident is not None and resident[0] == state_stamp(context.state):
@@ -215,7 +233,6 @@ server_app = ServerApp()
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the experiment in the run config with the parties behind Flower nodes."""
-    from vfl_sim.experiment import prepare
     from vfl_sim.progress import LogProgress
 
     # Our lines only: the root logger's INFO would relay every HTTP request Flower makes.
@@ -225,8 +242,10 @@ def main(grid: Grid, context: Context) -> None:
         handler.setFormatter(logging.Formatter("vfl-sim: %(message)s"))
         log.addHandler(handler)
     log.setLevel(logging.INFO)
+    threads = _apply_threads(context)
     cfg = _import_plugins(context)
     exp = prepare(cfg)
+    log.info("computing with %d torch threads", threads)
     log.info("waiting for %d parties", cfg.partition.parties)
     transport = FlowerTransport(
         grid,

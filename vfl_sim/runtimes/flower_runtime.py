@@ -19,18 +19,25 @@ environment, since the SuperLink is started with ``--disable-runtime-dependency-
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import tomli_w
 
 from vfl_sim import __version__
 from vfl_sim.config import ExperimentConfig
+from vfl_sim.experiment import Experiment
+from vfl_sim.progress import ProgressReporter
+from vfl_sim.runfolder import check_before_start
+from vfl_sim.runtimes.base import Runtime, register_runtime
 from vfl_sim.runtimes.flower_app import APP_CONFIG, run_config_for
 from vfl_sim.runtimes.flower_launch import FlowerProcesses, FlowerRuntimeError, free_port
+
+log = logging.getLogger("vfl_sim")
 
 CONNECTION = "vfl-sim"
 COMPONENTS = {
@@ -127,3 +134,38 @@ def run_on_flower(
     shutil.rmtree(folder, ignore_errors=True)
     report: dict[str, Any] = json.loads(report_path.read_text())
     return report
+
+
+class _FlowerRuntime(Runtime):
+    """A Flower runtime: the server runs in Flower's ServerApp, so it gives no transport here."""
+
+    drives_parties: ClassVar[bool] = False
+
+    def resolve_out(self, out: Path) -> Path:
+        return out.expanduser().resolve()  # the ServerApp writes it from another process
+
+    def run(
+        self,
+        exp: Experiment,
+        out: Path,
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        progress: ProgressReporter | None = None,
+        on_line: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        out = self.resolve_out(out)
+        check_before_start(out, overwrite, resume)  # before any process starts
+        log.info("starting the %s runtime (%d parties)", self.name, len(exp.slices))
+        return run_on_flower(exp.cfg, out, overwrite=overwrite, resume=resume, on_line=on_line)
+
+
+@register_runtime("flower-sim")
+class FlowerSimRuntime(_FlowerRuntime):
+    """``runtime: flower-sim``: Flower's simulation engine runs one SuperNode per party."""
+
+
+@register_runtime("flower-deploy")
+class FlowerDeployRuntime(_FlowerRuntime):
+    """``runtime: flower-deploy``: one SuperNode process per party, or the SuperLink at
+    ``flower.superlink`` with its SuperNodes (the docker-compose demo)."""

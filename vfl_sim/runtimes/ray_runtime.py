@@ -11,7 +11,7 @@ and waits for all replies with one ``ray.get``.
 
 Every party draws its dropout masks from its own seeded random stream (kept in the party), and
 building a model never moves a process's random stream, so a run gives the same results as
-``runtime: local`` for the same seed. :func:`run_on_ray` starts a local Ray (or joins the
+``runtime: local`` for the same seed. :class:`RayRuntime` starts a local Ray (or joins the
 cluster at ``ray.address`` or ``$RAY_ADDRESS``), runs the experiment and always stops the
 actors, and the local Ray if it started it.
 """
@@ -19,12 +19,14 @@ actors, and the local Ray if it started it.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,20 +38,26 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskErro
 from vfl_sim.config import ExperimentConfig, config_from_dict
 from vfl_sim.data.dataset import VflDataset
 from vfl_sim.data.partition import PartySlice
+from vfl_sim.errors import VflSimError
+from vfl_sim.experiment import Experiment, apply_threads, resolve_threads
+from vfl_sim.parties.build import build_party
+from vfl_sim.plugins import import_plugins
 from vfl_sim.progress import ProgressReporter
 from vfl_sim.protocol import Backward, Embed, LocalOp, Reply, Request
-from vfl_sim.runtimes.local import build_party
+from vfl_sim.runtimes.base import Runtime, register_runtime
 from vfl_sim.transport import Transport
 
 if TYPE_CHECKING:
-    from vfl_sim.experiment import Experiment
     from vfl_sim.parties.party import Party
 
 ACTOR_PREFIX = "vfl-sim"
 
+log = logging.getLogger("vfl_sim")
 
-class PartyActorError(RuntimeError):
-    """A party's actor raised, died, or did not answer (or start) in time; the message names it."""
+
+class PartyActorError(VflSimError, RuntimeError):
+    """A party's actor raised, died, or did not answer (or start) in time; the message names it
+    (one line, as the CLI prints every :class:`~vfl_sim.errors.VflSimError`)."""
 
 
 class PartyActor:
@@ -71,7 +79,7 @@ class PartyActor:
         The driver's working directory: where plugin modules next to the config are found, and
         the actor's working directory when it exists on the actor's node.
     threads
-        Torch intra-op threads of this actor.
+        Torch intra-op threads of this actor: the driver's (:func:`~vfl_sim.experiment.resolve_threads`).
     """
 
     def __init__(
@@ -84,12 +92,10 @@ class PartyActor:
             os.chdir(work_dir)
         if cfg.plugins:
             # Plugin methods register their party-side steps on import, in this process too.
-            from vfl_sim.experiment import import_plugins
-
             if work_dir and work_dir not in sys.path:
                 sys.path.insert(0, work_dir)
             import_plugins(cfg.plugins)
-        torch.set_num_threads(threads)
+        apply_threads(threads)
         where = torch.device(device)
         if where.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(
@@ -247,7 +253,8 @@ def ray_transport(
     if not ray.is_initialized():
         raise RuntimeError("Ray is not initialized: call ray.init() first, or use run_on_ray")
     config_json = json.dumps(cfg.model_dump(mode="json"))
-    threads = cfg.threads or max(1, int(cfg.ray.party_cpus))
+    # The driver's count, not the actor's CPUs: the numbers must not depend on the runtime.
+    threads = resolve_threads(cfg)
     remote = ray.remote(PartyActor)
     run = uuid.uuid4().hex[:8]
     actors: dict[str, Any] = {}
@@ -268,6 +275,13 @@ def ray_transport(
         RayTransport(actors).close()
         raise
     return transport
+
+
+LOCAL_RAY: dict[str, Any] = {"include_dashboard": False, "dashboard_host": "127.0.0.1"}
+"""What a local Ray of ours listens with: no dashboard, and its host (were one started)
+loopback only. Ray 2.55 itself has no setting for the rest: its gRPC servers (GCS, raylet,
+workers) listen on every interface, and ``ray.init`` turns a node address of 127.0.0.1 into
+the machine's routable one (``services.resolve_ip_for_localhost``)."""
 
 
 def local_ray_cpus(cfg: ExperimentConfig) -> int:
@@ -291,8 +305,35 @@ def init_ray(cfg: ExperimentConfig) -> bool:
         else:
             # "local": a new Ray of our own, even where `ray start` left a cluster that a bare
             # ray.init() would join (it reads /tmp/ray/ray_current_cluster).
-            ray.init(address="local", num_cpus=local_ray_cpus(cfg), include_dashboard=False)
+            ray.init(address="local", num_cpus=local_ray_cpus(cfg), **LOCAL_RAY)
     return True
+
+
+@register_runtime("ray")
+class RayRuntime(Runtime):
+    """``runtime: ray``: one Ray actor per party, on a local Ray or the cluster at ``ray.address``.
+
+    Ray is started (or joined) only if this process is not connected to it yet; the actors are
+    always killed, and Ray is shut down again if this runtime connected it, whether the run
+    succeeds or fails.
+    """
+
+    def resolve_out(self, out: Path) -> Path:
+        return out.expanduser().resolve()  # parties write their checkpoints from other processes
+
+    @contextmanager
+    def parties(self, exp: Experiment) -> Iterator[Transport | None]:
+        log.info("starting the ray runtime (%d party actors)", len(exp.slices))
+        started = init_ray(exp.cfg)
+        transport: RayTransport | None = None
+        try:
+            transport = ray_transport(exp.cfg, exp.dataset, exp.slices, exp.device)
+            yield transport
+        finally:
+            if transport is not None:
+                transport.close()
+            if started:
+                ray.shutdown()
 
 
 def run_on_ray(
@@ -303,27 +344,6 @@ def run_on_ray(
     overwrite: bool = False,
     resume: bool = False,
 ) -> dict[str, Any]:
-    """Run ``exp`` with its parties as Ray actors and return the report (also in ``out``).
-
-    Ray is started (or joined) only if this process is not connected to it yet; the actors are
-    always killed, and Ray is shut down again if this call connected it, whether the run
-    succeeds or fails.
-    """
-    from vfl_sim.experiment import check_out_dir, partial_dir
-
-    out = Path(out).expanduser().resolve()  # parties write their checkpoints from other processes
-    finished = (out / "report.json").is_file() and not partial_dir(out).exists()
-    if resume and finished and exp.run_folder_damage(out) is None:
-        return exp.run(out, progress=progress, resume=True)  # a no-op check: no parties needed
-    if not (resume and (partial_dir(out).exists() or finished)):  # a damaged finished run is resumed
-        check_out_dir(out, overwrite)  # before Ray starts
-    started = init_ray(exp.cfg)
-    transport: RayTransport | None = None
-    try:
-        transport = ray_transport(exp.cfg, exp.dataset, exp.slices, exp.device)
-        return exp.run(out, progress=progress, overwrite=overwrite, resume=resume, transport=transport)
-    finally:
-        if transport is not None:
-            transport.close()
-        if started:
-            ray.shutdown()
+    """Run ``exp`` with its parties as Ray actors and return the report (also in ``out``);
+    :class:`RayRuntime` whatever ``exp``'s config names."""
+    return RayRuntime().run(exp, Path(out), progress=progress, overwrite=overwrite, resume=resume)

@@ -34,11 +34,10 @@ from typing import Literal
 
 import torch
 
+from vfl_sim.forget import ORIGINAL, RETRAIN, ForgetKind
 from vfl_sim.server.methods.base import UnlearningContext, UnlearningMethod
 from vfl_sim.server.methods.baselines import Retrain, RetrainParams
 
-ORIGINAL = "original"
-RETRAIN = "retrain"
 CUT_ONLY = "cut_only"
 OUTPUT_MASK = "output_mask"
 CALIBRATION_PREFIX = "retrain_seed"
@@ -65,7 +64,7 @@ class CutOnly(UnlearningMethod):
     """The negative control of party and feature requests: the coordinator's cut, nothing more."""
 
     name = CUT_ONLY
-    supports = frozenset({"party", "features"})
+    supports = frozenset({ForgetKind.PARTY, ForgetKind.FEATURES})
 
     def unlearn(self, ctx: UnlearningContext) -> None:
         """Nothing: the coordinator cut the party (or columns) off before the method started."""
@@ -76,7 +75,7 @@ class OutputMask(UnlearningMethod):
     top model's classifier (weights 0, bias :data:`MASK_LOGIT`) and change nothing else."""
 
     name = OUTPUT_MASK
-    supports = frozenset({"class"})
+    supports = frozenset({ForgetKind.CLASS})
 
     def unlearn(self, ctx: UnlearningContext) -> None:
         head = ctx.server.top.classifier
@@ -124,9 +123,9 @@ def build_controls(kind: str, *, calibration_retrains: int, retrain: UnlearningM
     retrain is built.
     """
     controls: list[Control] = []
-    if kind in ("party", "features"):
+    if kind in ForgetKind.OF_A_PARTY:
         controls.append(Control(CutOnly(), "negative"))
-    if kind == "class":
+    if kind == ForgetKind.CLASS:
         controls.append(Control(OutputMask(), "suppression"))
     if retrain is not None:
         for i in range(1, calibration_retrains + 1):

@@ -22,13 +22,12 @@ import torch
 from vfl_sim.config import ForgetConfig, TrainConfig
 from vfl_sim.data.partition import PartySlice
 from vfl_sim.errors import ForgetRequestError
+from vfl_sim.forget import ORIGINAL, ForgetKind
 from vfl_sim.protocol import LocalOp
 from vfl_sim.seeding import derive_seed, torch_generator
 from vfl_sim.server.methods.base import ForgetSet, UnlearningContext, UnlearningMethod
 from vfl_sim.server.server import Server
 from vfl_sim.transport import CommStats
-
-ORIGINAL = "original"
 
 
 def request_id(request: ForgetConfig) -> str:
@@ -64,7 +63,7 @@ def resolve_forget_request(
     """
     rid = request_id(request)
     described = {**request.model_dump(mode="json", exclude_none=True), "id": rid}
-    if request.kind in ("party", "features"):
+    if request.kind in ForgetKind.OF_A_PARTY:
         party, columns = _resolve_party(request, slices, column_names)
         return ForgetSet(
             kind=request.kind,
@@ -76,7 +75,7 @@ def resolve_forget_request(
             columns=columns,
         )
     train_labels = labels[train_ids]
-    if request.kind == "class":
+    if request.kind == ForgetKind.CLASS:
         assert request.classes is not None
         classes = tuple(sorted(set(request.classes)))
         bad = [c for c in classes if c >= num_classes]
@@ -133,10 +132,10 @@ def _resolve_party(
     by_id = {s.party_id: s for s in slices}
     if request.party not in by_id:
         raise ForgetRequestError(f"forget.party: '{request.party}' is not a party; parties: {', '.join(by_id)}")
-    if request.kind == "party" and len(slices) < 2:
+    if request.kind == ForgetKind.PARTY and len(slices) < 2:
         raise ForgetRequestError("forget.kind 'party': the only party cannot leave; nothing would remain")
     piece = by_id[request.party]
-    if request.kind == "party":
+    if request.kind == ForgetKind.PARTY:
         return piece.party_id, ()
     assert request.columns is not None
     if piece.strip is not None:
@@ -226,19 +225,19 @@ class UnlearningCoordinator:
     def apply_removal(self) -> None:
         """Cut the request's party (or its columns) out of the current model."""
         f = self.forget
-        if f.kind == "party":
+        if f.kind == ForgetKind.PARTY:
             assert f.party is not None
             self.server.remove_party(f.party)
-        elif f.kind == "features":
+        elif f.kind == ForgetKind.FEATURES:
             assert f.party is not None
             self.server.transport.exchange({f.party: LocalOp("mask_columns", {"columns": list(f.columns)})})
 
     def check_removal(self, method: str) -> None:
         """Fail when a method's model reads the removed party or columns again."""
         f = self.forget
-        if f.kind == "party" and f.party in self.server.active_party_ids:
+        if f.kind == ForgetKind.PARTY and f.party in self.server.active_party_ids:
             raise RuntimeError(f"method '{method}' left a model that reads the removed party {f.party}")
-        if f.kind == "features":
+        if f.kind == ForgetKind.FEATURES:
             assert f.party is not None
             reply = self.server.transport.exchange({f.party: LocalOp("masked_columns")})[f.party]
             masked = set(getattr(reply, "info", {}).get("columns", []))

@@ -81,6 +81,7 @@ import numpy as np
 import torch
 
 from vfl_sim.config import OptimConfig
+from vfl_sim.forget import ForgetKind
 from vfl_sim.optim import build_optimizer, build_scheduler, clear_grads
 from vfl_sim.seeding import derive_seed
 from vfl_sim.server.methods.base import ForgetSet
@@ -216,7 +217,7 @@ def relearning_split(
         A request that is not a class request, ``per_class < 1``, ``max_eval < 1``, or no test
         sample of the forgotten (or of the retained) classes.
     """
-    if forget.kind != "class":
+    if forget.kind != ForgetKind.CLASS:
         raise ValueError(
             f"the relearning attack is defined for class requests only, not '{forget.kind}': it measures "
             "how fast held-out samples of a forgotten class are recognized again"

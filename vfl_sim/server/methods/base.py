@@ -18,6 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from vfl_sim.config import OptimConfig, TrainConfig
+from vfl_sim.forget import ForgetKind
 from vfl_sim.server.server import Server, count_batches
 
 
@@ -44,7 +45,7 @@ class ForgetSet:
         return {
             **self.request,
             "kind": self.kind,
-            "classes": list(self.classes) if self.kind == "class" else None,
+            "classes": list(self.classes) if self.kind == ForgetKind.CLASS else None,
             "forget_train_samples": int(self.forget_ids.numel()),
             "retain_train_samples": int(self.retain_ids.numel()),
         }
@@ -53,7 +54,7 @@ class ForgetSet:
     def removes_data_of_a_party(self) -> bool:
         """Party and feature requests: a party's contribution (or some of its columns) goes
         for every sample, rather than some samples for every party."""
-        return self.kind in ("party", "features")
+        return self.kind in ForgetKind.OF_A_PARTY
 
 
 @dataclass
@@ -147,7 +148,7 @@ class UnlearningMethod(ABC):
     """
 
     name: ClassVar[str] = ""
-    supports: ClassVar[frozenset[str]] = frozenset({"class", "samples"})
+    supports: ClassVar[frozenset[str]] = frozenset({ForgetKind.CLASS, ForgetKind.SAMPLES})
     Params: ClassVar[type[MethodParams]] = MethodParams
 
     def __init__(self, params: MethodParams | None = None, *, label: str | None = None) -> None:

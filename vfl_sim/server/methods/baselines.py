@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from vfl_sim.forget import ForgetKind
 from vfl_sim.server.methods.base import (
     MethodParams,
     PhaseParams,
@@ -31,7 +32,7 @@ class Retrain(UnlearningMethod):
     """
 
     Params = RetrainParams
-    supports = frozenset({"class", "samples", "party", "features"})
+    supports = frozenset({ForgetKind.CLASS, ForgetKind.SAMPLES, ForgetKind.PARTY, ForgetKind.FEATURES})
 
     def unlearn(self, ctx: UnlearningContext) -> None:
         assert isinstance(self.params, RetrainParams)
@@ -78,7 +79,7 @@ class Finetune(UnlearningMethod):
     """
 
     Params = FinetuneParams
-    supports = frozenset({"class", "samples", "party", "features"})
+    supports = frozenset({ForgetKind.CLASS, ForgetKind.SAMPLES, ForgetKind.PARTY, ForgetKind.FEATURES})
 
     def unlearn(self, ctx: UnlearningContext) -> None:
         assert isinstance(self.params, FinetuneParams)

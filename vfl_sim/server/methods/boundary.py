@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from vfl_sim.forget import ForgetKind
 from vfl_sim.models.top import fuse
 from vfl_sim.server.methods.base import PhaseParams, UnlearningContext, UnlearningMethod
 from vfl_sim.server.methods.registry import register_method
@@ -111,7 +112,7 @@ class BoundaryShrink(UnlearningMethod):
     """
 
     Params = BoundaryShrinkParams
-    supports = frozenset({"class"})
+    supports = frozenset({ForgetKind.CLASS})
 
     def unlearn(self, ctx: UnlearningContext) -> None:
         assert isinstance(self.params, BoundaryShrinkParams)
@@ -195,7 +196,7 @@ class BoundaryExpand(UnlearningMethod):
     """
 
     Params = BoundaryExpandParams
-    supports = frozenset({"class"})
+    supports = frozenset({ForgetKind.CLASS})
 
     def unlearn(self, ctx: UnlearningContext) -> None:
         assert isinstance(self.params, PhaseParams)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from vfl_sim.forget import ForgetKind
 from vfl_sim.models.importance import fisher_variance, per_sample_sq_grads, ssd_dampen_
 from vfl_sim.models.top import fuse
 from vfl_sim.seeding import derive_seed
@@ -173,7 +174,7 @@ class FisherForgetting(UnlearningMethod):
         )
         classifier = {id(p) for p in _classifier(server).parameters()}
         gen = torch.Generator(device=server.device).manual_seed(derive_seed(ctx.seed, "fisher-noise", "top"))
-        rows = list(ctx.forget.classes) if ctx.forget.kind == "class" and prm.forget_class_rows else []
+        rows = list(ctx.forget.classes) if ctx.forget.kind == ForgetKind.CLASS and prm.forget_class_rows else []
         with torch.no_grad():
             for name, p in server.top.named_parameters():
                 last = id(p) in classifier

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from vfl_sim.config import OptimConfig
+from vfl_sim.forget import ForgetKind
 from vfl_sim.models.top import fuse
 from vfl_sim.optim import clear_grads
 from vfl_sim.protocol import Backward, Embed, EmbedReply, Reply
@@ -86,7 +87,7 @@ class FewShotMixup(UnlearningMethod):
     """
 
     Params = FewShotMixupParams
-    supports = frozenset({"class"})
+    supports = frozenset({ForgetKind.CLASS})
 
     def select(self, ctx: UnlearningContext) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The few-shot forget ids (one tensor per forgotten class) and retained ids, drawn with

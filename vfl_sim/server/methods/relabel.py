@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from vfl_sim.forget import ForgetKind
 from vfl_sim.server.methods.base import PhaseParams, UnlearningContext, UnlearningMethod
 from vfl_sim.server.methods.registry import register_method
 from vfl_sim.server.server import LossFn, count_batches, make_batches
@@ -91,7 +92,7 @@ class NegGradPlus(UnlearningMethod):
     """
 
     Params = NegGradPlusParams
-    supports = frozenset({"class", "samples"})
+    supports = frozenset({ForgetKind.CLASS, ForgetKind.SAMPLES})
 
     def _batches(self, ctx: UnlearningContext) -> tuple[int, int]:
         assert isinstance(self.params, NegGradPlusParams)
@@ -151,7 +152,7 @@ class RandomLabel(UnlearningMethod):
     """
 
     Params = RandomLabelParams
-    supports = frozenset({"class", "samples"})
+    supports = frozenset({ForgetKind.CLASS, ForgetKind.SAMPLES})
 
     def unlearn(self, ctx: UnlearningContext) -> None:
         assert isinstance(self.params, PhaseParams)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from vfl_sim.config import OptimConfig
+from vfl_sim.forget import ForgetKind
 from vfl_sim.models.top import fuse
 from vfl_sim.optim import clear_grads
 from vfl_sim.protocol import Ack
@@ -93,7 +94,7 @@ class Unsir(UnlearningMethod):
     """
 
     Params = UnsirParams
-    supports = frozenset({"class"})
+    supports = frozenset({ForgetKind.CLASS})
 
     def unlearn(self, ctx: UnlearningContext) -> None:
         p = self.params

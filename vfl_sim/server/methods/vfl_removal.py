@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from vfl_sim.config import OptimConfig
+from vfl_sim.forget import ORIGINAL, ForgetKind
 from vfl_sim.models.top import fuse
 from vfl_sim.optim import build_optimizer, clear_grads
 from vfl_sim.protocol import Ack, Backward, Embed, EmbedReply, LocalOp, Request
@@ -94,7 +95,7 @@ class VfuKd(UnlearningMethod):
     """
 
     Params = VfuKdParams
-    supports = frozenset({"party", "features"})
+    supports = frozenset({ForgetKind.PARTY, ForgetKind.FEATURES})
 
     def unlearn(self, ctx: UnlearningContext) -> None:
         p = self.params
@@ -105,13 +106,13 @@ class VfuKd(UnlearningMethod):
         k = server.party_ids.index(forget.party)
 
         # The teacher: the original with every party and column, queried once.
-        server.load_state("original")
+        server.load_state(ORIGINAL)
         embeddings, _ = server.embed(ids)
         teacher_logits = server.logits(embeddings)
 
         # The student reads what the cut model reads.
         ctx.apply_removal()
-        if forget.kind == "party":
+        if forget.kind == ForgetKind.PARTY:
             embeddings[k] = torch.zeros_like(embeddings[k])
         else:
             embeddings[k] = _party_embeddings(server, forget.party, ids)
@@ -224,7 +225,7 @@ class RemisVfu(UnlearningMethod):
     """
 
     Params = RemisVfuParams
-    supports = frozenset({"party", "features"})
+    supports = frozenset({ForgetKind.PARTY, ForgetKind.FEATURES})
 
     def unlearn(self, ctx: UnlearningContext) -> None:
         p = self.params
@@ -234,7 +235,7 @@ class RemisVfu(UnlearningMethod):
         assert leaving is not None
         ids = forget.retain_ids.to(torch.int64).cpu()
         bs = p.batch_size or ctx.train.batch_size
-        columns = list(forget.columns) if forget.kind == "features" else []
+        columns = list(forget.columns) if forget.kind == ForgetKind.FEATURES else []
         others = [pid for pid in server.active_party_ids if pid != leaving]
         k = server.party_ids.index(leaving)
 
@@ -292,7 +293,7 @@ class RemisVfu(UnlearningMethod):
                 if ctx.on_step is not None:  # the paper's objective L_f + alpha L_r
                     ctx.on_step(float(((h_f - anchor) ** 2).mean()) + p.alpha * float(loss_r.detach()))
         assert anchor is not None and dims is not None
-        if forget.kind == "party":
+        if forget.kind == ForgetKind.PARTY:
             fold_constant_embedding(server, leaving, anchor, dims)
         ctx.apply_removal()
 
