@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from sklearn.linear_model import Ridge
@@ -325,7 +327,9 @@ def _party_data(rng: np.random.Generator, kind: str) -> AuditData:
         split=split,
         forget=np.zeros(n, dtype=bool),
         models=models,
-        meta={"removed_features": removed, "removed_party": "party_2", "ids": np.arange(n)},
+        ids=np.arange(n),
+        removed_party="party_2",
+        removed_features=removed,
     )
 
 
@@ -384,18 +388,19 @@ def test_auditor_refuses_a_broken_contract(rng: np.random.Generator) -> None:
     data = _party_data(rng, "party")
     auditor = FeatureRecoveryAuditor(repeats=1)
     with pytest.raises(ValueError, match="party and feature requests"):
-        auditor.audit(AuditData("class", data.labels, data.split, data.forget, data.models, data.meta))
-    with pytest.raises(ValueError, match=r"data.meta\['removed_features'\]"):
-        auditor.audit(AuditData("party", data.labels, data.split, data.forget, data.models, {"removed_party": "x"}))
-    short = {**data.meta, "removed_features": data.meta["removed_features"][:10]}
+        auditor.audit(replace(data, kind="class"))
+    with pytest.raises(ValueError, match=r"needs data.removed_features"):
+        auditor.audit(replace(data, removed_features=None))
+    with pytest.raises(ValueError, match=r"needs data.removed_party"):
+        auditor.audit(replace(data, removed_party=None))
+    assert data.removed_features is not None
     with pytest.raises(ValueError, match="n = 600 audit samples"):
-        auditor.audit(AuditData("party", data.labels, data.split, data.forget, data.models, short))
-    unknown = {**data.meta, "removed_party": "party_9"}
+        auditor.audit(replace(data, removed_features=data.removed_features[:10]))
     with pytest.raises(ValueError, match="'party_9', not a party"):
-        auditor.audit(AuditData("party", data.labels, data.split, data.forget, data.models, unknown))
+        auditor.audit(replace(data, removed_party="party_9"))
     lacking = dict(data.models)
     lacking["retrain"] = ModelEmbeddings(parties={"party_0": data.models["retrain"].parties["party_0"]}, logits=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="model 'retrain' has no embedding of party 'party_1'"):
-        auditor.audit(AuditData("party", data.labels, data.split, data.forget, lacking, data.meta))
+        auditor.audit(replace(data, models=lacking))
     with pytest.raises(ValueError, match="samples must be"):
         FeatureRecoveryAuditor(samples="test")  # type: ignore[arg-type]

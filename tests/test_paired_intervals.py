@@ -313,7 +313,8 @@ def _party_data(*, logits_leak: bool) -> AuditData:
         split=split,
         forget=np.zeros(n, dtype=bool),
         models=models,
-        meta={"removed_features": removed, "removed_party": "party_2"},
+        removed_party="party_2",
+        removed_features=removed,
     )
 
 

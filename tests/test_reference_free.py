@@ -335,7 +335,7 @@ def test_auditor_skips_when_one_class_remains() -> None:
         split=split,
         forget=labels == 0,
         models={"original": model},
-        meta={"inputs": rng.normal(size=(40, 6))},
+        inputs=rng.normal(size=(40, 6)),
     )
     assert ReferenceFreeAuditor().audit(data) == {"original": None}
     three = AuditData(
@@ -344,6 +344,6 @@ def test_auditor_skips_when_one_class_remains() -> None:
         split=split,
         forget=labels == 0,
         models={"original": ModelEmbeddings(parties=model.parties, logits=rng.normal(size=(40, 3)))},
-        meta={"inputs": rng.normal(size=(40, 6))},
+        inputs=rng.normal(size=(40, 6)),
     )
     assert ReferenceFreeAuditor().audit(three)["original"]["n_forget"] == 20

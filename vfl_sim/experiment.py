@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +21,23 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
+import vfl_sim.audits  # noqa: F401  (registers the built-in auditors)
 import vfl_sim.server.methods  # noqa: F401  (registers the built-in methods)
 from vfl_sim import __version__
-from vfl_sim.audits.base import AuditData, Auditor, ModelEmbeddings, get_auditor
+from vfl_sim.audits.base import (
+    INPUTS,
+    LAYERS,
+    REMOVED_FEATURES,
+    SHUFFLED_PARTY_LOGITS,
+    AuditData,
+    Auditor,
+    ModelEmbeddings,
+    get_auditor,
+)
 from vfl_sim.audits.certificate import Certification, certify_run
-from vfl_sim.audits.feature_recovery import FeatureRecoveryAuditor
-from vfl_sim.audits.output import OutputAuditor
 from vfl_sim.audits.probe import stratified_split
-from vfl_sim.audits.reference_free import ReferenceFreeAuditor
 from vfl_sim.audits.relearning import compare_relearning
-from vfl_sim.audits.representation import RepresentationAuditor, probe_samples
+from vfl_sim.audits.representation import probe_samples
 from vfl_sim.config import ALL_METHODS, ExperimentConfig, MethodSpec, dump_config, load_config
 from vfl_sim.data.dataset import VflDataset
 from vfl_sim.data.loaders import load_dataset
@@ -60,9 +67,10 @@ log = logging.getLogger("vfl_sim")
 
 CHECKPOINTS = "checkpoints"
 DONE_MARK = "run.json"  # written last in a model's checkpoint folder: the checkpoint is complete
-AUDITORS = ("output", "representation", "reference_free", "feature_recovery")
+# The auditors every run sets up from its `audit` section, in the order of the report's sections.
+BUILT_IN_AUDITORS = ("output", "representation", "reference_free", "feature_recovery")
 # Report sections written by the run itself: a user auditor may not overwrite them.
-BUILT_IN_SECTIONS = (*AUDITORS, "relearning", "certificate", "runtime_s", "communication")
+BUILT_IN_SECTIONS = (*BUILT_IN_AUDITORS, "relearning", "certificate", "diverged", "runtime_s", "communication")
 
 
 def resolve_threads(cfg: ExperimentConfig) -> int:
@@ -379,7 +387,7 @@ class Experiment:
             for name, section in self.relearning(server, names).items():
                 results[name]["relearning"] = section
             timings["relearning"] = time.perf_counter() - start
-        for name, reason in data.meta.get("diverged", {}).items():
+        for name, reason in data.diverged.items():
             results[name]["diverged"] = reason
         certification = certify_run(
             results,
@@ -517,7 +525,8 @@ class Experiment:
         return ids, split
 
     def audit_frame(self) -> AuditData:
-        """The audit samples, their labels and forget mask, with no model views yet."""
+        """The audit samples, their labels and forget mask, with no model views yet; with what
+        the auditors of this run need of the data itself (raw inputs, removed columns)."""
         ids, split = self.audit_ids()
         labels = self.dataset.labels[ids]
         if self.forget.kind == ForgetKind.CLASS:
@@ -526,13 +535,19 @@ class Experiment:
             forget = np.zeros(ids.size, dtype=bool)  # every sample stays; a party's data goes
         else:
             forget = np.isin(ids, self.forget.forget_ids.numpy())
-        meta: dict[str, Any] = {"ids": ids}
-        if self.forget.removes_data_of_a_party:
-            meta["removed_party"] = self.forget.party
-            meta["removed_features"] = self.removed_features(ids)
-        elif self.cfg.audit.reference_free.enabled:
-            meta["inputs"] = self.dataset.features[ids].reshape(ids.size, -1)
-        return AuditData(kind=self.forget.kind, labels=labels, split=split, forget=forget, models={}, meta=meta)
+        needs = self.audit_needs()
+        of_a_party = self.forget.removes_data_of_a_party
+        return AuditData(
+            kind=self.forget.kind,
+            labels=labels,
+            split=split,
+            forget=forget,
+            models={},
+            ids=ids,
+            inputs=self.dataset.features[ids].reshape(ids.size, -1) if INPUTS in needs else None,
+            removed_party=self.forget.party if of_a_party else None,
+            removed_features=self.removed_features(ids) if of_a_party and REMOVED_FEATURES in needs else None,
+        )
 
     def removed_features(self, ids: np.ndarray) -> np.ndarray:
         """Raw values ``(n, m)`` of what a party or feature request removes, for samples ``ids``:
@@ -563,18 +578,21 @@ class Experiment:
             ) from None
 
     def gather(self, server: Server, models: list[str]) -> AuditData:
-        """Ask the parties for every model's embeddings of the audit samples."""
+        """Ask the parties for every model's embeddings of the audit samples (and what else the
+        auditors of this run need)."""
         frame = self.audit_frame()
-        ids = frame.meta["ids"]
+        assert frame.ids is not None  # noqa: S101  (audit_frame sets it)
+        needs = self.audit_needs()
+        layers = LAYERS in needs
+        shuffle = SHUFFLED_PARTY_LOGITS in needs and self.forget.kind == ForgetKind.PARTY
         views: dict[str, ModelEmbeddings] = {}
-        layers = not self.forget.removes_data_of_a_party  # only the representation audit probes layers
         shuffled: dict[str, np.ndarray] = {}
         diverged: dict[str, str] = {}
         for name in models:
             loaded = server.load_state(name)
-            embeddings, per_layer = server.embed(torch.from_numpy(ids), layers=layers)
+            embeddings, per_layer = server.embed(torch.from_numpy(frame.ids), layers=layers)
             logits = server.logits(embeddings).cpu().numpy()
-            if self.forget.kind == ForgetKind.PARTY:
+            if shuffle:
                 shuffled[name] = self._logits_with_party_shuffled(server, embeddings)
             view = ModelEmbeddings(
                 parties={pid: e.cpu().numpy() for pid, e in zip(server.party_ids, embeddings)},
@@ -588,12 +606,7 @@ class Experiment:
                 diverged[name] = reason
                 view = _finite_view(view)  # the auditors run on zeros; the certificate ignores them
             views[name] = view
-        meta = {**frame.meta, "shuffled_party_logits": shuffled} if shuffled else dict(frame.meta)
-        if diverged:
-            meta["diverged"] = diverged
-        return AuditData(
-            kind=frame.kind, labels=frame.labels, split=frame.split, forget=frame.forget, models=views, meta=meta
-        )
+        return replace(frame, models=views, shuffled_party_logits=shuffled, diverged=diverged)
 
     def _logits_with_party_shuffled(self, server: Server, embeddings: list[torch.Tensor]) -> np.ndarray:
         """The model's logits when the departed party's embedding rows are permuted across
@@ -605,38 +618,23 @@ class Experiment:
         swapped = [e[order.to(e.device)] if i == k else e for i, e in enumerate(embeddings)]
         return server.logits(swapped).cpu().numpy()
 
-    def audit(self, data: AuditData, timings: dict[str, float] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    def auditors(self) -> list[Auditor]:
+        """The auditors of this run: the built-in ones (:data:`BUILT_IN_AUDITORS`, as the
+        ``audit`` section sets them up) and those of ``audit.auditors``, each where it audits
+        this request's kind."""
+        built_in = [get_auditor(name).from_config(self.cfg.audit, self.audit_seed) for name in BUILT_IN_AUDITORS]
+        mine = [build_auditor(spec.name, spec.params) for spec in self.cfg.audit.auditors]
+        return [a for a in [*built_in, *mine] if a is not None and self.forget.kind in a.kinds]
+
+    def audit_needs(self) -> frozenset[str]:
+        """What the auditors of this run need gathered (:attr:`Auditor.needs`)."""
+        return frozenset[str]().union(*(type(a).needs for a in self.auditors()))
+
+    def audit(self, data: AuditData, timings: dict[str, float] | None = None) -> dict[str, dict[str, Any]]:
         """Run the auditors on the gathered arrays; returns ``{model: {section: result}}``
         (``timings`` gets the seconds each auditor took)."""
-        a = self.cfg.audit
-        auditors: list[Auditor] = [OutputAuditor(seed=self.audit_seed("membership"))]
-        if not self.forget.removes_data_of_a_party:  # the probe looks for forgotten samples
-            auditors.append(
-                RepresentationAuditor(
-                    eval_fraction=a.probe_eval_fraction,
-                    C=a.probe_C,
-                    seed=self.audit_seed("probe"),
-                    repeats=a.probe_repeats,
-                )
-            )
-            if a.reference_free.enabled:
-                auditors.append(
-                    ReferenceFreeAuditor(
-                        n_models=a.reference_free.models,
-                        fraction=a.reference_free.fraction,
-                        seed=self.audit_seed("reference_free"),
-                    )
-                )
-        else:  # a party's columns went: can the remaining embeddings still read them?
-            auditors.append(
-                FeatureRecoveryAuditor(
-                    eval_fraction=a.probe_eval_fraction,
-                    seed=self.audit_seed("feature_recovery"),
-                    repeats=a.probe_repeats,
-                )
-            )
-        auditors += [build_auditor(spec.name, spec.params) for spec in a.auditors]
-        out: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in data.models}
+        auditors = self.auditors()
+        out: dict[str, dict[str, Any]] = {name: {} for name in data.models}
         # The auditors make hundreds of small fits and products: a second BLAS or OpenMP
         # thread only competes with torch's (measured: 1.7x slower on 2 cores, 5x under load).
         with threadpool_limits(limits=1):
@@ -798,7 +796,7 @@ def _finite_view(view: ModelEmbeddings) -> ModelEmbeddings:
 
 def _embedding_arrays(data: AuditData) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {
-        "ids": np.asarray(data.meta["ids"]),
+        "ids": np.asarray(data.ids),
         "labels": data.labels,
         "split": data.split,
         "forget": data.forget,
@@ -950,10 +948,7 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
         )
     retrain = next((m for m in methods if m.label == RETRAIN), None)
     controls = build_controls(forget.kind, calibration_retrains=cfg.audit.calibration.retrains, retrain=retrain)
-    for auditor in AUDITORS:
-        get_auditor(auditor)
-    for spec in cfg.audit.auditors:
-        build_auditor(spec.name, spec.params)  # unknown names and bad params fail before training
     exp = Experiment(cfg, dataset, slices, forget, methods, device, controls)
+    exp.auditors()  # unknown names and bad params fail before training
     exp.check_audit()
     return exp

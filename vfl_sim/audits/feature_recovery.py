@@ -70,7 +70,7 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -78,8 +78,9 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from vfl_sim.audits._arrays import feature_matrix, to_numpy
-from vfl_sim.audits.base import AuditData, Auditor, ModelEmbeddings, register_auditor
+from vfl_sim.audits.base import REMOVED_FEATURES, AuditData, Auditor, ModelEmbeddings, register_auditor
 from vfl_sim.audits.probe import Interval
+from vfl_sim.config import AuditConfig
 from vfl_sim.forget import ORIGINAL, RETRAIN, ForgetKind
 
 __all__ = [
@@ -703,7 +704,7 @@ class FeatureRecoveryAuditor(Auditor):
     for ``features``, the owning party's own) still encode the removed columns beyond what a
     retrained model's do.
 
-    Contract with the experiment (``data.meta``):
+    What it reads of :class:`AuditData` besides the models:
 
     * ``removed_features``: ``(n, m)`` float array (1-D for one column), the raw values of the
       removed columns (kind ``party``: every column of the departed party, e.g. all pixels of
@@ -750,6 +751,9 @@ class FeatureRecoveryAuditor(Auditor):
         Which audit samples to read (see above).
     """
 
+    kinds = frozenset(ForgetKind.OF_A_PARTY)
+    needs = frozenset({REMOVED_FEATURES})
+
     def __init__(
         self,
         *,
@@ -775,23 +779,27 @@ class FeatureRecoveryAuditor(Auditor):
         self.seed = seed
         self.samples: Rows = samples
 
+    @classmethod
+    def from_config(cls, audit: AuditConfig, seed: Callable[[str], int]) -> FeatureRecoveryAuditor:
+        return cls(eval_fraction=audit.probe_eval_fraction, seed=seed("feature_recovery"), repeats=audit.probe_repeats)
+
     def _inputs(self, data: AuditData) -> tuple[np.ndarray, np.ndarray, str]:
         """Row mask, the removed columns of those rows, and the removed party."""
         if data.kind not in ForgetKind.OF_A_PARTY:
             raise ValueError(
                 f"feature_recovery audits party and feature requests (kind 'party' or 'features'), not '{data.kind}'"
             )
-        missing = [k for k in ("removed_features", "removed_party") if k not in data.meta]
-        if missing:
+        if data.removed_features is None or data.removed_party is None:
+            missing = "removed_features" if data.removed_features is None else "removed_party"
             raise ValueError(
-                f"feature_recovery needs data.meta[{missing[0]!r}]: 'removed_features' is the (n, m) raw values "
-                "of the removed columns of the audit samples, 'removed_party' the id of the party they belong to"
+                f"feature_recovery needs data.{missing}: removed_features is the (n, m) raw values "
+                "of the removed columns of the audit samples, removed_party the id of the party they belong to"
             )
         n = len(data.labels)
-        removed = to_numpy(data.meta["removed_features"])
+        removed = to_numpy(data.removed_features)
         if removed.ndim not in (1, 2) or removed.shape[0] != n:
             raise ValueError(
-                f"data.meta['removed_features'] must be (n, m) with n = {n} audit samples, got shape {removed.shape}"
+                f"data.removed_features must be (n, m) with n = {n} audit samples, got shape {removed.shape}"
             )
         if self.samples == "train":
             rows = np.isin(data.split, _TRAIN_SPLITS)
@@ -799,7 +807,7 @@ class FeatureRecoveryAuditor(Auditor):
                 raise ValueError("feature_recovery found no training audit samples (split 'retain_train')")
         else:
             rows = np.ones(n, dtype=bool)
-        return rows, removed[rows], str(data.meta["removed_party"])
+        return rows, removed[rows], str(data.removed_party)
 
     def audit(self, data: AuditData) -> dict[str, dict[str, Any]]:
         rows, removed, party = self._inputs(data)
@@ -809,7 +817,7 @@ class FeatureRecoveryAuditor(Auditor):
         reference = data.models[ORIGINAL] if ORIGINAL in data.models else data.models[names[0]]
         if party not in reference.parties:
             raise ValueError(
-                f"data.meta['removed_party'] is {party!r}, not a party of the models ({', '.join(reference.parties)})"
+                f"data.removed_party is {party!r}, not a party of the models ({', '.join(reference.parties)})"
             )
         excluded = party if data.kind == ForgetKind.PARTY else None
         kept = [pid for pid in reference.parties if pid != excluded]

@@ -19,12 +19,14 @@ Retrain against itself gets ``diff = 0`` and ``[0, 0]``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from vfl_sim.audits.base import AuditData, Auditor, register_auditor
+from vfl_sim.audits.base import SHUFFLED_PARTY_LOGITS, AuditData, Auditor, register_auditor
 from vfl_sim.audits.membership import membership_inference, membership_scores, paired_auc_difference
+from vfl_sim.config import AuditConfig
 from vfl_sim.forget import RETRAIN, ForgetKind
 
 
@@ -126,8 +128,8 @@ class OutputAuditor(Auditor):
     unseen. ``None`` when there are no forgotten samples (party and feature requests).
 
     Party requests: ``party_dependence`` (:func:`party_dependence`) from
-    ``data.meta["shuffled_party_logits"]`` (``{model: logits}`` with the departed party's
-    embedding rows permuted), when the run provides it.
+    ``data.shuffled_party_logits`` (``{model: logits}`` with the departed party's embedding
+    rows permuted), when the run provides it.
 
     ``vs_retrain`` (only when ``retrain`` is among the models, for every model, ``retrain``
     included): paired differences to the retrained model, on exactly the samples of the
@@ -148,14 +150,20 @@ class OutputAuditor(Auditor):
     Retrain against itself gets ``diff = 0`` and ``[0, 0]`` throughout.
     """
 
+    needs = frozenset({SHUFFLED_PARTY_LOGITS})
+
     def __init__(self, *, seed: int = 0) -> None:
         self.seed = seed
+
+    @classmethod
+    def from_config(cls, audit: AuditConfig, seed: Callable[[str], int]) -> OutputAuditor:
+        return cls(seed=seed("membership"))
 
     def audit(self, data: AuditData) -> dict[str, dict[str, Any]]:
         groups = membership_groups(data)
         has_groups = bool((groups == "member").any() and (groups == "nonmember").any())
         reference = data.models[RETRAIN].logits if RETRAIN in data.models else None
-        shuffled = data.meta.get("shuffled_party_logits", {})
+        shuffled = data.shuffled_party_logits
         masks = accuracy_groups(data.split, data.forget)
         keep = (groups == "member") | (groups == "nonmember")
         is_member = (groups == "member")[keep]

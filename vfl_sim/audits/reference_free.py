@@ -122,7 +122,9 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from vfl_sim.audits._arrays import feature_matrix, to_numpy
-from vfl_sim.audits.base import AuditData, Auditor, register_auditor
+from vfl_sim.audits.base import INPUTS, AuditData, Auditor, register_auditor
+from vfl_sim.config import AuditConfig
+from vfl_sim.forget import ForgetKind
 
 __all__ = [
     "ReferenceFreeAudit",
@@ -738,21 +740,29 @@ class ReferenceFreeAuditor(Auditor):
     Verification models are fit on the raw inputs of the retained training audit samples
     (``split == "retain_train"``; ``fraction`` of them each), and every model's logits on the
     forgotten training samples are tested against them (:class:`ReferenceFreeAudit`). The raw
-    inputs come from ``data.meta["inputs"]``: ``(n, d)`` flattened features aligned with the
+    inputs come from ``data.inputs``: ``(n, d)`` flattened features aligned with the
     audit samples (the simulator holds all the data; no role of the protocol sees them).
     ``None`` for every model when the request forgets no samples, or when fewer than two classes
     remain (nothing to train a verification classifier on).
     """
+
+    kinds = frozenset({ForgetKind.CLASS, ForgetKind.SAMPLES})
+    needs = frozenset({INPUTS})
 
     def __init__(self, *, n_models: int = 5, fraction: float = 0.15, seed: int = 0) -> None:
         self.n_models = n_models
         self.fraction = fraction
         self.seed = seed
 
+    @classmethod
+    def from_config(cls, audit: AuditConfig, seed: Callable[[str], int]) -> ReferenceFreeAuditor | None:
+        r = audit.reference_free
+        return cls(n_models=r.models, fraction=r.fraction, seed=seed("reference_free")) if r.enabled else None
+
     def audit(self, data: AuditData) -> dict[str, Any]:
-        inputs = data.meta.get("inputs")
+        inputs = data.inputs
         if inputs is None:
-            raise ValueError("the reference-free audit needs data.meta['inputs'] (raw features of the audit samples)")
+            raise ValueError("the reference-free audit needs data.inputs (raw features of the audit samples)")
         x = np.asarray(inputs).reshape(len(data.labels), -1)
         retain, forget = data.mask("retain_train"), data.mask("forget_train")
         if not forget.any() or np.unique(data.labels[retain]).size < 2:

@@ -52,16 +52,18 @@ on identical samples.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from vfl_sim.audits.base import AuditData, Auditor, register_auditor
+from vfl_sim.audits.base import LAYERS, AuditData, Auditor, register_auditor
 from vfl_sim.audits.cka import linear_cka
 from vfl_sim.audits.consistency import retrain_consistency
 from vfl_sim.audits.output import paired_accuracy_difference
 from vfl_sim.audits.probe import ProbeCI, forgotten_class_recovery, paired_gap, probe_many_ci
 from vfl_sim.audits.separability import fisher_ratio, forget_silhouette, knn_purity
+from vfl_sim.config import AuditConfig
 from vfl_sim.forget import ORIGINAL, RETRAIN, ForgetKind
 
 
@@ -91,11 +93,21 @@ class RepresentationAuditor(Auditor):
         Stratified splits behind the LPR intervals (1: a single split, no interval).
     """
 
+    # Party and feature requests forget no samples: nothing to probe for.
+    kinds = frozenset({ForgetKind.CLASS, ForgetKind.SAMPLES})
+    needs = frozenset({LAYERS})
+
     def __init__(self, *, eval_fraction: float = 0.3, C: float = 1.0, seed: int = 0, repeats: int = 5) -> None:
         self.eval_fraction = eval_fraction
         self.C = C
         self.seed = seed
         self.repeats = repeats
+
+    @classmethod
+    def from_config(cls, audit: AuditConfig, seed: Callable[[str], int]) -> RepresentationAuditor:
+        return cls(
+            eval_fraction=audit.probe_eval_fraction, C=audit.probe_C, seed=seed("probe"), repeats=audit.probe_repeats
+        )
 
     def audit(self, data: AuditData) -> dict[str, dict[str, Any]]:
         rows = probe_samples(data, self.seed)
