@@ -321,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(tomli_w.dumps(run_config_for(shipped_config(cfg), out, overwrite=args.overwrite)), end="")
             return 0
         if args.command == "audit":
-            from vfl_sim.experiment import RunFolderLock, prepare
+            from vfl_sim.experiment import prepare
+            from vfl_sim.runfolder import RunFolderLock
 
             console = _setup_logging(args.quiet)
             saved = args.run_dir / "config.yaml"

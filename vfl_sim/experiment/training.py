@@ -1,0 +1,62 @@
+"""Training: the original model on every training sample, and each unlearning method from it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vfl_sim.experiment.checkpoints import save_checkpoint
+from vfl_sim.experiment.spec import ExperimentSpec
+from vfl_sim.forget import ORIGINAL
+from vfl_sim.progress import ProgressReporter
+from vfl_sim.seeding import derive_seed, torch_generator
+from vfl_sim.server.coordinator import UnlearningCoordinator
+from vfl_sim.server.methods.base import UnlearningMethod
+from vfl_sim.server.server import Server, count_batches
+
+log = logging.getLogger("vfl_sim")
+
+
+def train_original(spec: ExperimentSpec, server: Server, progress: ProgressReporter) -> dict[str, Any]:
+    """Train the original model; returns its runtime and communication."""
+    cfg = spec.cfg
+    train_ids = torch.from_numpy(spec.dataset.train_ids)
+    steps = count_batches(train_ids.numel(), cfg.train.batch_size)
+    log.info("training the original model on %d samples, %d parties", train_ids.numel(), len(spec.slices))
+    before = server.transport.stats.snapshot()
+    start = time.perf_counter()
+    with progress.phase("train original", cfg.train.epochs * steps) as on_step:
+        server.train_epochs(
+            train_ids,
+            epochs=cfg.train.epochs,
+            batch_size=cfg.train.batch_size,
+            optim=cfg.train,
+            generator=torch_generator(derive_seed(cfg.seed, "batches", ORIGINAL)),
+            on_step=on_step,
+        )
+    return {
+        "runtime_s": time.perf_counter() - start,
+        "communication": server.transport.stats.since(before).to_dict(),
+    }
+
+
+def apply_method(
+    server: Server,
+    coordinator: UnlearningCoordinator,
+    method: UnlearningMethod,
+    progress: ProgressReporter,
+    checkpoints: Path,
+) -> dict[str, Any]:
+    """Run ``method`` from the original and checkpoint its model; returns its cost."""
+    ctx = coordinator.context(method)
+    with progress.phase(method.label, method.estimated_steps(ctx)) as on_step:
+        ctx.on_step = on_step
+        result = coordinator.run(method, ctx)
+    log.info("%s done in %.2fs", method.label, result.runtime_s)
+    run = result.to_dict()
+    save_checkpoint(server, method.label, checkpoints, run)
+    return run
