@@ -23,7 +23,7 @@ def table() -> np.ndarray:
     return np.arange(6 * 10, dtype=np.float32).reshape(6, 10)
 
 
-def _cfg(parties: int, scheme: str = "auto", columns: list[list[int]] | None = None) -> PartitionConfig:
+def _cfg(parties: int, scheme: str = "auto", columns: list[list[int | str]] | None = None) -> PartitionConfig:
     return PartitionConfig(parties=parties, scheme=scheme, columns=columns)  # type: ignore[arg-type]
 
 
@@ -175,3 +175,47 @@ def test_party_slice_is_frozen() -> None:
     s = PartySlice("party_0", columns=(0, 1))
     with pytest.raises(AttributeError):
         s.columns = (2,)  # type: ignore[misc]
+
+
+def test_explicit_columns_by_name() -> None:
+    names = [f"c{j}" for j in range(10)]
+    by_name = partition_features(_cfg(2, "columns", [["c9", "c0"], ["c3", 4]]), TABULAR, 0, names)
+    assert [s.columns for s in by_name] == [(9, 0), (3, 4)]  # names and indices mix
+    with pytest.raises(ConfigError) as info:
+        partition_features(_cfg(2, "columns", [["c1"], ["zz"]]), TABULAR, 0, names)
+    assert str(info.value) == "partition.columns for party_1: no column 'zz'"
+    with pytest.raises(ConfigError) as info:
+        partition_features(_cfg(2, "columns", [["c1"], [2]]), TABULAR, 0)
+    assert str(info.value) == "partition.columns for party_0: its columns have no names; give indices"
+    with pytest.raises(ConfigError, match="column 1 is given to more than one party"):
+        partition_features(_cfg(2, "columns", [["c1"], [1]]), TABULAR, 0, names)
+
+
+def test_a_run_partitions_and_forgets_by_the_dataset_s_column_names() -> None:
+    """wine names its 13 columns: a partition and a feature request may both use the names."""
+    from vfl_sim.experiment import prepare
+
+    names = ["alcohol", "malic_acid", "ash", "alcalinity_of_ash", "magnesium", "total_phenols"]
+    rest = [
+        "flavanoids",
+        "nonflavanoid_phenols",
+        "proanthocyanins",
+        "color_intensity",
+        "hue",
+        "od280/od315_of_diluted_wines",
+        "proline",
+    ]
+    raw = {
+        "data": {"name": "wine"},
+        "partition": {"parties": 2, "scheme": "columns", "columns": [rest, names]},
+        "forget": {"kind": "features", "party": "party_1", "columns": ["ash", "magnesium"]},
+        "methods": ["retrain"],
+    }
+    exp = prepare(config_from_dict(raw))
+    assert exp.slices[0].columns == tuple(range(6, 13)) and exp.slices[1].columns == tuple(range(6))
+    assert exp.forget.party == "party_1" and exp.forget.columns == (2, 4)  # positions in party_1's view
+    by_index = {
+        **raw,
+        "partition": {"parties": 2, "scheme": "columns", "columns": [list(range(6, 13)), list(range(6))]},
+    }
+    assert prepare(config_from_dict(by_index)).slices == exp.slices

@@ -77,19 +77,22 @@ class PartitionConfig(_Section):
     ``strips`` cuts images into vertical strips along the width (the usual VFL protocol; the
     last party takes the remainder); ``contiguous`` cuts flat features into K contiguous
     groups; ``random`` shuffles the columns with the seed first; ``columns`` takes an explicit
-    list of column indices per party. ``auto`` is ``strips`` for images and ``contiguous``
+    list of columns per party: indices, or names where the dataset names its columns (as a
+    feature request accepts them). ``auto`` is ``strips`` for images and ``contiguous``
     otherwise.
     """
 
     parties: Annotated[int, Field(ge=1, le=10_000)] = 2
     scheme: Literal["auto", "strips", "contiguous", "random", "columns"] = "auto"
-    columns: list[list[Annotated[int, Field(ge=0)]]] | None = None
+    columns: list[list[Annotated[int, Field(ge=0)] | str]] | None = None
 
     @model_validator(mode="after")
     def _columns_match_scheme(self) -> PartitionConfig:
         if self.scheme == "columns":
             if not self.columns:
-                raise ValueError("scheme 'columns' needs partition.columns: one list of column indices per party")
+                raise ValueError(
+                    "scheme 'columns' needs partition.columns: one list of column indices or names per party"
+                )
             if len(self.columns) != self.parties:
                 raise ValueError(
                     f"partition.columns has {len(self.columns)} lists but partition.parties is {self.parties}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,14 +52,36 @@ def party_ids(parties: int) -> list[str]:
     return [f"party_{k}" for k in range(parties)]
 
 
-def partition_features(cfg: PartitionConfig, sample_shape: tuple[int, ...], seed: int) -> list[PartySlice]:
+def column_index(column: int | str, column_names: Sequence[str] | None) -> int:
+    """The index of ``column``: an index as it is, a name looked up in ``column_names``.
+
+    Raises
+    ------
+    KeyError
+        With the reason (the data names no columns, or not this one) as its message.
+    """
+    if isinstance(column, int):
+        return column
+    if not column_names:
+        raise KeyError("its columns have no names; give indices")
+    if column not in column_names:
+        raise KeyError(f"no column '{column}'")
+    return list(column_names).index(column)
+
+
+def partition_features(
+    cfg: PartitionConfig, sample_shape: tuple[int, ...], seed: int, column_names: Sequence[str] | None = None
+) -> list[PartySlice]:
     """Assign the feature columns of samples of ``sample_shape`` to ``cfg.parties`` parties.
+
+    ``column_names`` (the dataset's, if it names its columns) resolves names in
+    ``cfg.columns``.
 
     Raises
     ------
     ConfigError
         When a scheme does not fit the data (strips on flat features, more parties than
-        columns, explicit columns out of range, overlapping or empty).
+        columns, explicit columns out of range, overlapping, empty, or names the data lacks).
     """
     is_image = len(sample_shape) == 3
     scheme = cfg.scheme
@@ -88,7 +111,12 @@ def partition_features(cfg: PartitionConfig, sample_shape: tuple[int, ...], seed
         groups = [sorted(int(c) for c in order[g]) for g in contiguous_groups(n_flat, cfg.parties)]
     else:
         assert cfg.columns is not None
-        groups = [list(g) for g in cfg.columns]
+        groups = []
+        for pid, given in zip(ids, cfg.columns):
+            try:
+                groups.append([column_index(c, column_names) for c in given])
+            except KeyError as exc:
+                raise ConfigError(f"partition.columns for {pid}: {exc.args[0]}") from None
         seen: set[int] = set()
         for pid, group in zip(ids, groups):
             if not group:

@@ -96,7 +96,9 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
     import_plugins(cfg.plugins)
     device = resolve_device(cfg.device)
     dataset = load_dataset(cfg.data, parties=cfg.partition.parties, seed=cfg.seed)
-    slices = partition_features(cfg.partition, dataset.sample_shape, derive_seed(cfg.seed, "partition"))
+    slices = partition_features(
+        cfg.partition, dataset.sample_shape, derive_seed(cfg.seed, "partition"), dataset.column_names
+    )
     shapes = party_shapes(dataset, slices)
     check_model_memory(cfg, shapes, dataset.num_classes)  # before any model is allocated
     for shape in shapes:

@@ -131,7 +131,9 @@ def party_view(config_json: str, partition_id: int) -> torch.Tensor:
     if path is not None and path.is_file():
         return torch.from_numpy(np.load(path))
     dataset = load_dataset(cfg.data, parties=cfg.partition.parties, seed=cfg.seed)
-    slices = partition_features(cfg.partition, dataset.sample_shape, derive_seed(cfg.seed, "partition"))
+    slices = partition_features(
+        cfg.partition, dataset.sample_shape, derive_seed(cfg.seed, "partition"), dataset.column_names
+    )
     view = slices[partition_id].take(dataset.features)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

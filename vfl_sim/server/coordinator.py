@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from vfl_sim.config import ForgetConfig, TrainConfig
-from vfl_sim.data.partition import PartySlice
+from vfl_sim.data.partition import PartySlice, column_index
 from vfl_sim.errors import ForgetRequestError
 from vfl_sim.forget import ORIGINAL, ForgetKind
 from vfl_sim.protocol import LocalOp
@@ -148,11 +148,10 @@ def _resolve_party(
         what = f"{len(held)} columns"
     local: list[int] = []
     for col in request.columns:
-        if isinstance(col, str):
-            if not column_names or col not in column_names:
-                named = "its columns have no names; give indices" if not column_names else f"no column '{col}'"
-                raise ForgetRequestError(f"forget.columns: {named}")
-            col = list(column_names).index(col)
+        try:
+            col = column_index(col, column_names)
+        except KeyError as exc:
+            raise ForgetRequestError(f"forget.columns: {exc.args[0]}") from None
         if col not in held:
             raise ForgetRequestError(
                 f"forget.columns: column {col} is not held by {piece.party_id} (it holds {what}); "
