@@ -111,6 +111,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from vfl_sim.audits.evidence import Gap, ModelEvidence
 from vfl_sim.config import CertificateThresholds
 from vfl_sim.forget import ORIGINAL, RETRAIN, ForgetKind
 
@@ -451,68 +452,53 @@ def trilemma_region(utility: Status, output: Status, representation: Status, *, 
 # -- measurements ------------------------------------------------------------------------------
 
 
-def _paired(section: Mapping[str, Any] | None, key: str, reference: float) -> tuple[float, float] | None:
-    """The value's interval from a paired ``vs_retrain`` difference: ``reference + [lo, hi]``."""
-    entry = (section or {}).get("vs_retrain", {}).get(key) if section else None
-    if not entry or entry.get("interval") is None:
-        return None
-    lo, hi = entry["interval"]
-    return (reference + float(lo), reference + float(hi))
-
-
-def _utility(
-    m: Mapping[str, Any], ref: Mapping[str, Any], ref_name: str, t: CertificateThresholds
-) -> list[Measurement]:
-    value, reference = m["output"].get("retain_test_acc"), ref["output"].get("retain_test_acc")
+def _utility(m: ModelEvidence, ref: ModelEvidence, ref_name: str, t: CertificateThresholds) -> list[Measurement]:
+    value, reference = m.output.retain_test_acc, ref.output.retain_test_acc
     if value is None or reference is None:
         return []
-    interval = _paired(m["output"], "retain_test_acc", reference) if ref_name == RETRAIN else None
+    interval = m.output.paired_interval("retain_test_acc", reference) if ref_name == RETRAIN else None
     what = "retained test accuracy" + ("" if ref_name == RETRAIN else " (vs the original: no retrain)")
     return [Measurement("retain_test_acc", what, value, reference, "lower", t.utility, interval, pct=True)]
 
 
-def _output(
-    kind: str, m: Mapping[str, Any], retrain: Mapping[str, Any] | None, t: CertificateThresholds
-) -> list[Measurement]:
-    out = m["output"]
+def _output(kind: str, m: ModelEvidence, retrain: ModelEvidence | None, t: CertificateThresholds) -> list[Measurement]:
+    out = m.output
     if kind == ForgetKind.PARTY:
-        dep = out.get("party_dependence")
+        dep = out.party_dependence
         if dep is None:
             return []
         what = "share of predictions that change when the departed party's embedding is shuffled"
         return [Measurement("party_dependence", what, dep, 0.0, "upper", t.party_dependence, pct=True)]
     if kind == ForgetKind.FEATURES:
         return []
-    ref = retrain["output"] if retrain is not None else None
+    ref = retrain.output if retrain is not None else None
     found: list[Measurement] = []
     keys = (("forget_test_acc", "forgotten test accuracy"), ("forget_train_acc", "forgotten train accuracy"))
     for key, what in keys if kind == ForgetKind.CLASS else keys[1:]:
-        value = out.get(key)
+        value = out.accuracy(key)
         if value is None:
             continue
-        if ref is not None and ref.get(key) is not None:
-            reference, interval = float(ref[key]), _paired(out, key, float(ref[key]))
+        theirs = ref.accuracy(key) if ref is not None else None
+        if theirs is not None:
+            reference, interval = float(theirs), out.paired_interval(key, float(theirs))
         elif kind == ForgetKind.CLASS:
             reference, interval = 0.0, None  # a model that never saw a class never predicts it
-        elif out.get("retain_test_acc") is not None:
-            reference, interval = float(out["retain_test_acc"]), None  # as if unseen
+        elif out.retain_test_acc is not None:
+            reference, interval = float(out.retain_test_acc), None  # as if unseen
         else:
             continue
         found.append(Measurement(key, what, value, reference, "two", t.forget_accuracy, interval, pct=True))
-    mia = out.get("membership")
-    if mia is not None:
-        ref_mia = ref.get("membership") if ref is not None else None
-        if ref_mia is not None:
-            reference = float(ref_mia["auc"])
-            interval = _paired(out, "membership_auc", reference)
+    if out.membership_auc is not None:
+        if ref is not None and ref.membership_auc is not None:
+            reference = float(ref.membership_auc)
+            interval = out.paired_interval("membership_auc", reference)
         else:
-            ci = mia.get("auc_ci")
-            reference, interval = 0.5, None if ci is None else (float(ci[0]), float(ci[1]))
+            reference, interval = 0.5, out.membership_auc_ci
         found.append(
             Measurement(
                 "membership_auc",
                 "membership attack AUC",
-                mia["auc"],
+                out.membership_auc,
                 reference,
                 "two",
                 t.membership_auc,
@@ -522,15 +508,15 @@ def _output(
                 supporting=kind == ForgetKind.CLASS,
             )
         )
-    rf = m.get("reference_free")
-    if retrain is None and rf is not None:
+    if retrain is None and m.reference_free is not None:
         # Without a retrained model, the verification models stand in for an ignorant one.
+        agreement, threshold = m.reference_free
         found.append(
             Measurement(
                 "reference_free",
                 "agreement with ignorant verification models on the forget set",
-                rf["agreement"],
-                rf["threshold"],
+                agreement,
+                threshold,
                 "lower",
                 0.0,
                 calibrate=False,
@@ -539,105 +525,64 @@ def _output(
     return found
 
 
-def _representation(
-    kind: str, m: Mapping[str, Any], retrain: Mapping[str, Any], t: CertificateThresholds
-) -> list[Measurement]:
+def _gap(name: str, what: str, gap: Gap, floor: float) -> Measurement:
+    return Measurement(name, what, gap.value, 0.0, "upper", floor, gap.interval)
+
+
+def _representation(kind: str, m: ModelEvidence, retrain: ModelEvidence, t: CertificateThresholds) -> list[Measurement]:
     found: list[Measurement] = []
     if kind in ForgetKind.OF_A_PARTY:
-        rec = m.get("feature_recovery") or {}
-        views = {"fused": rec.get("fused"), **rec.get("parties", {}), "output": rec.get("output")}
-        for view, r in views.items():
-            gap = None if r is None else r.get("recovery_gap_mean", r.get("recovery_gap"))
-            if gap is None:
-                continue
-            interval = r.get("recovery_gap_interval")
-            found.append(
-                Measurement(
-                    f"feature_recovery_gap.{view}",
-                    f"{view}: R^2 gap of the removed columns",
-                    gap,
-                    0.0,
-                    "upper",
-                    t.feature_recovery_gap,
-                    None if interval is None else (interval[0], interval[1]),
-                )
-            )
+        for view, gap in m.feature_recovery.items():
+            if gap is not None:
+                name, what = f"feature_recovery_gap.{view}", f"{view}: R^2 gap of the removed columns"
+                found.append(_gap(name, what, gap, t.feature_recovery_gap))
         return found
-    rep = m.get("representation")
+    rep = m.representation
     if rep is None:
         return found
-    for view, r in {"fused": rep["fused"], **rep.get("parties", {})}.items():
-        gap = r.get("lpr_gap_mean", r.get("lpr_gap"))
-        if gap is None:
-            continue
-        interval = r.get("lpr_gap_interval")
-        found.append(
-            Measurement(
-                f"lpr_gap.{view}",
-                f"{view}: mean LPR gap",
-                gap,
-                0.0,
-                "upper",
-                t.lpr_gap,
-                None if interval is None else (interval[0], interval[1]),
-            )
-        )
-    for pid, layers in rep.get("layers", {}).items():
-        for layer, r in layers.items():
-            gap = r.get("lpr_gap_mean", r.get("lpr_gap"))
-            if gap is None:
-                continue
-            interval = r.get("lpr_gap_interval")
-            found.append(
-                Measurement(
-                    f"layer_lpr_gap.{pid}.{layer}",
-                    f"{pid}/{layer}: mean LPR gap",
-                    gap,
-                    0.0,
-                    "upper",
-                    t.layer_lpr_gap,
-                    None if interval is None else (interval[0], interval[1]),
-                )
-            )
+    for view, gap in rep.views().items():
+        if gap is not None:
+            found.append(_gap(f"lpr_gap.{view}", f"{view}: mean LPR gap", gap, t.lpr_gap))
+    for pid, layers in rep.layers.items():
+        for layer, gap in layers.items():
+            if gap is not None:
+                name, what = f"layer_lpr_gap.{pid}.{layer}", f"{pid}/{layer}: mean LPR gap"
+                found.append(_gap(name, what, gap, t.layer_lpr_gap))
     if kind != ForgetKind.CLASS:
         return found
-    fused = rep["fused"]
-    to_orig, to_retrain = fused.get("cka_original"), fused.get("cka_retrain")
-    if to_orig is not None and to_retrain is not None:
+    if rep.cka_original is not None and rep.cka_retrain is not None:
         found.append(
             Measurement(
                 "cka_closer_to_retrain",
                 "fused CKA to the original minus CKA to retrain",
-                to_orig - to_retrain,
+                rep.cka_original - rep.cka_retrain,
                 0.0,
                 "upper",
                 0.0,
             )
         )
-    mine, theirs = rep.get("class_recovery"), retrain.get("representation", {}).get("class_recovery")
-    if mine is not None and theirs is not None and theirs.get("probe_accuracy") is not None:
-        if mine.get("probe_accuracy") is not None:
-            reference = float(theirs["probe_accuracy"])
-            found.append(
-                Measurement(
-                    "class_recovery",
-                    "multi-class probe accuracy on the forgotten classes",
-                    mine["probe_accuracy"],
-                    reference,
-                    "upper",
-                    t.class_recovery,
-                    _paired(mine, "probe_accuracy", reference),
-                    pct=True,
-                )
+    theirs = retrain.representation.class_recovery if retrain.representation is not None else None
+    if rep.class_recovery is not None and theirs is not None:
+        reference = float(theirs)
+        lo_hi = rep.class_recovery_paired.get("probe_accuracy")
+        found.append(
+            Measurement(
+                "class_recovery",
+                "multi-class probe accuracy on the forgotten classes",
+                rep.class_recovery,
+                reference,
+                "upper",
+                t.class_recovery,
+                None if lo_hi is None else (reference + lo_hi[0], reference + lo_hi[1]),
+                pct=True,
             )
-    for phase, r in (m.get("relearning") or {}).items():
-        if phase == "attack" or r.get("area_gap") is None:
-            continue
+        )
+    for phase, area_gap in m.relearning.items():
         found.append(
             Measurement(
                 f"relearning_gap.{phase}",
                 f"relearning ({phase}): mean forgotten accuracy over the attack above retrain's",
-                r["area_gap"],
+                area_gap,
                 0.0,
                 "upper",
                 t.relearning_gap,
@@ -762,12 +707,14 @@ def certify_run(
     t = thresholds or CertificateThresholds()
     roles = dict(controls or {})
     diverged = {name: str(m["diverged"]) for name, m in models.items() if m.get("diverged")}
-    retrain = models.get(RETRAIN) if RETRAIN not in diverged else None
+    evidence = {name: ModelEvidence.read(m) for name, m in models.items() if name not in diverged}
+    retrain = evidence.get(RETRAIN)
     ref_name = RETRAIN if retrain is not None else ORIGINAL
-    ref = models[ref_name]
+    # Without a retrain the original is the reference, as it is, diverged or not.
+    ref = evidence.get(ref_name) or ModelEvidence.read(models[ref_name])
     calibration = [n for n, r in roles.items() if r == "calibration" and n in models and n not in diverged]
     measured: dict[str, dict[str, list[Measurement]]] = {}
-    for name, m in models.items():
+    for name, m in evidence.items():
         if name in diverged:
             continue
         measured[name] = {
