@@ -197,17 +197,11 @@ def test_too_few_forget_samples_says_how_many(rng: np.random.Generator, n_forget
 
 # --- intervals, paired gap, batched solver, multi-class recovery -----------------------------
 
-from vfl_sim.audits.probe import (  # noqa: E402
-    Interval,
-    LinearProbeGap,
-    LinearProbeRecoveryCI,
-    forgotten_class_recovery,
-    paired_gap,
-    probe_ci,
-    probe_gap_ci,
-    probe_many_ci,
-)
+from vfl_sim.audits.class_recovery import forgotten_class_recovery  # noqa: E402
+from vfl_sim.audits.interval import Interval  # noqa: E402
 from vfl_sim.audits.probe_batch import binary_scores, fit_logistic_batch  # noqa: E402
+from vfl_sim.audits.probe_ci import LinearProbeRecoveryCI, probe_ci, probe_many_ci  # noqa: E402
+from vfl_sim.audits.probe_gap import LinearProbeGap, paired_gap, probe_gap_ci  # noqa: E402
 
 
 def test_interval_from_values_is_percentile() -> None:

@@ -18,7 +18,7 @@ linear readout still finds in an embedding:
    embedding, so it is identical for every model and split.
 2. **Splits.** ``R = repeats`` random fit/eval splits with seeds ``seed, ..., seed + R - 1``
    (``eval_fraction`` held out, :func:`sklearn.model_selection.train_test_split`), the same
-   for every representation of one call, as in :func:`vfl_sim.audits.probe.probe_many_ci`.
+   for every representation of one call, as in :func:`vfl_sim.audits.probe_ci.probe_many_ci`.
 3. **Readout.** The predictors ``X`` (an embedding, n x d) are standardized with the fit
    part's mean and std (constant columns get scale 1), and a ridge regression with intercept
    is fit on the fit part, in closed form::
@@ -49,7 +49,7 @@ splits (:func:`paired_recovery_gap`), so that the variation both models share ca
 clearly positive gap means the audited representation holds more of the removed columns
 than a model that never saw them.
 
-Intervals are percentile intervals over the splits (:class:`vfl_sim.audits.probe.Interval`): they
+Intervals are percentile intervals over the splits (:class:`vfl_sim.audits.interval.Interval`): they
 describe the spread of a single-split value, not a confidence interval for the mean (the
 splits share samples; Nadeau and Bengio, 2003).
 
@@ -79,7 +79,7 @@ from sklearn.model_selection import train_test_split
 
 from vfl_sim.audits._arrays import feature_matrix, to_numpy
 from vfl_sim.audits.base import AuditData, Auditor, ModelEmbeddings, register_auditor
-from vfl_sim.audits.probe import Interval
+from vfl_sim.audits.interval import Interval
 from vfl_sim.forget import ORIGINAL, RETRAIN, ForgetKind
 
 __all__ = [
