@@ -1,7 +1,7 @@
 """Benchmark: many linear probe fits on the same rows, scikit-learn loop vs the batched solver.
 
 An audit fits one probe per model x party x layer x split repeat. This times
-:func:`vfl_sim.audits.probe.probe_many_ci` (repeated stratified 70/30 splits) with ``solver="sklearn"``
+:func:`vfl_sim.audits.probe_ci.probe_many_ci` (repeated stratified 70/30 splits) with ``solver="sklearn"``
 (one ``LogisticRegression(C=1, lbfgs)`` per probe, the Mirage reference) and ``solver="batch"``
 (all probes in one batched Newton solver, :mod:`vfl_sim.audits.probe_batch`) on synthetic embeddings,
 and reports the largest difference of the per-split balanced accuracy and AUROC between the two.
@@ -24,7 +24,7 @@ from functools import partial
 
 import numpy as np
 
-from vfl_sim.audits.probe import ProbeCI, probe_many_ci
+from vfl_sim.audits.probe_ci import ProbeCI, probe_many_ci
 
 
 def embeddings(reps: int, n: int, dim: int, forget_frac: float, seed: int) -> tuple[list[np.ndarray], np.ndarray]:

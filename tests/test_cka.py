@@ -134,7 +134,7 @@ def test_minibatch_class_equals_functional(rng: np.random.Generator, centered: b
     edges = [0, 3, 100, 101, 457, 900, 1000]
     for lo, hi in zip(edges[:-1], edges[1:]):
         assert metric.update(x[lo:hi], y[lo:hi]) is metric
-    assert metric.n == 1000
+    assert metric.n_samples == 1000
     assert metric.compute() == pytest.approx(linear_cka(x, y, centered=centered), rel=1e-10)
 
 

@@ -149,9 +149,13 @@ def test_minibatches_equal_one_shot(rng: np.random.Generator) -> None:
             assert many.to_dict()[key] == value, key
     with pytest.raises(ValueError, match="frozen"):
         metric.partial_fit(a[:3], r[:3])
+    assert metric.n_samples == scored.size
     metric.reset()
-    with pytest.raises(ValueError, match="at least 2"):
+    assert metric.n_samples == metric.n_fit == 0
+    with pytest.raises(ValueError, match="before any update"):
         metric.compute()
+    with pytest.raises(ValueError, match="at least 2"):  # the fit went with the reset
+        metric.update(a[scored], r[scored], forget[scored])
 
 
 def test_constant_and_collinear_features_do_not_break_the_fit(rng: np.random.Generator) -> None:

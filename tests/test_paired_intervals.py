@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from vfl_sim.audits import AuditData, ModelEmbeddings
+from vfl_sim.audits.class_recovery import forgotten_class_recovery
 from vfl_sim.audits.feature_recovery import FeatureRecoveryAuditor
 from vfl_sim.audits.membership import auc_by_ranks, membership_inference, membership_scores, paired_auc_difference
 from vfl_sim.audits.output import OutputAuditor, paired_accuracy_difference
-from vfl_sim.audits.probe import forgotten_class_recovery, probe_many
+from vfl_sim.audits.probe import probe_many
 from vfl_sim.audits.representation import RepresentationAuditor, probe_samples
 
 CLASSES = 3

@@ -72,7 +72,7 @@ def noisy_audit(noisy: dict[str, np.ndarray]) -> ReferenceFreeAudit:
 def test_ignorant_model_passes_sample_request(noisy: dict[str, np.ndarray], noisy_audit: ReferenceFreeAudit) -> None:
     x, y, f = noisy["x"], noisy["y"], noisy["forget"]
     retrained = _logreg().fit(x[~f], y[~f])
-    res = noisy_audit.compute(retrained.predict_proba(x[f]), x[f], y[f])
+    res = noisy_audit.score(retrained.predict_proba(x[f]), x[f], y[f])
     assert res.passed
     assert res.request == "sample"
     # A stronger ignorant model agrees with the ensemble at least as well as one weak model does.
@@ -84,7 +84,7 @@ def test_ignorant_model_passes_sample_request(noisy: dict[str, np.ndarray], nois
 def test_memorising_model_fails_sample_request(noisy: dict[str, np.ndarray], noisy_audit: ReferenceFreeAudit) -> None:
     x, y, f = noisy["x"], noisy["y"], noisy["forget"]
     memoriser = KNeighborsClassifier(n_neighbors=1).fit(x, y)
-    res = noisy_audit.compute(memoriser.predict_proba(x[f]), x[f], y[f])
+    res = noisy_audit.score(memoriser.predict_proba(x[f]), x[f], y[f])
     assert res.forget_accuracy == 1.0
     # Predicting every training label exactly, it agrees with the ensemble where the ensemble is right.
     assert res.agreement == pytest.approx(res.verifier_accuracy)
@@ -98,7 +98,7 @@ def test_degraded_model_fails(noisy: dict[str, np.ndarray], noisy_audit: Referen
     # predicts the label, which the ignorant models mostly do.
     x, y, f = noisy["x"], noisy["y"], noisy["forget"]
     logits = -5.0 * np.eye(4)[y[f]]
-    res = noisy_audit.compute(logits, x[f], y[f])
+    res = noisy_audit.score(logits, x[f], y[f])
     assert res.forget_accuracy == 0.0
     assert not res.passed
     assert res.agreement < 1.0 - res.verifier_accuracy + 1e-12
@@ -114,13 +114,14 @@ def test_class_request_ignorant_passes_and_remembering_fails(digits_class: dict[
     np.testing.assert_allclose(probs.sum(axis=2), 1.0)
 
     retrained = _logreg().fit(x[~f], y[~f])
-    ignorant = audit.compute(_padded_proba(retrained, x[f], 10), x[f], y[f])
+    ignorant = audit.update(_padded_proba(retrained, x[f], 10), x[f], y[f]).compute()
     assert ignorant.request == "class"
     assert ignorant.forget_accuracy == 0.0 and ignorant.verifier_accuracy == 0.0
     assert ignorant.passed
 
     original = _logreg().fit(x, y)
-    remembering = audit.compute(original.predict_proba(x[f]), x[f], y[f])
+    audit.reset()  # the next audited model, against the same verification models
+    remembering = audit.update(original.predict_proba(x[f]), x[f], y[f]).compute()
     assert remembering.forget_accuracy > 0.95
     assert remembering.agreement <= 1.0 - remembering.forget_accuracy
     assert not remembering.passed
@@ -186,8 +187,8 @@ def test_same_seed_same_result_other_seed_other_subsets(noisy: dict[str, np.ndar
     for ia, ib in zip(a.subset_indices_, b.subset_indices_, strict=True):
         np.testing.assert_array_equal(ia, ib)
     assert not np.array_equal(a.subset_indices_[0], c.subset_indices_[0])
-    assert a.compute(outputs, x[f], y[f]) == b.compute(outputs, x[f], y[f])
-    assert reference_free_audit(outputs, x[f], x[~f], y[~f], y[f], seed=7) == a.compute(outputs, x[f], y[f])
+    assert a.score(outputs, x[f], y[f]) == b.update(outputs, x[f], y[f]).compute()
+    assert reference_free_audit(outputs, x[f], x[~f], y[~f], y[f], seed=7) == a.score(outputs, x[f], y[f])
 
 
 def test_mlp_and_custom_estimators_are_seeded(digits_class: dict[str, np.ndarray]) -> None:
@@ -206,10 +207,10 @@ def test_duplicate_of_forget_row_in_retained_data_is_reported(noisy: dict[str, n
         np.vstack([x[~f], x[f][:3]]), np.concatenate([y[~f], y[f][:3]])
     )
     with pytest.warns(UserWarning, match="3 forget sample"):
-        res = audit.compute(np.eye(4)[y[f]], x[f], y[f])
+        res = audit.update(np.eye(4)[y[f]], x[f], y[f]).compute()
     assert res.n_forget_seen == 3
     clean = ReferenceFreeAudit(fraction=1.0, n_models=2).fit(x[~f], y[~f])
-    assert clean.compute(np.eye(4)[y[f]], x[f]).n_forget_seen == 0
+    assert clean.score(np.eye(4)[y[f]], x[f]).n_forget_seen == 0
 
 
 def test_ignorance_test_matches_class_on_its_verifier_outputs(
@@ -218,7 +219,7 @@ def test_ignorance_test_matches_class_on_its_verifier_outputs(
     x, y, f = noisy["x"], noisy["y"], noisy["forget"]
     outputs = KNeighborsClassifier(1).fit(x, y).predict_proba(x[f])
     probs = noisy_audit.verifier_probabilities(x[f], n_classes=4)
-    full = noisy_audit.compute(outputs, x[f], y[f])
+    full = noisy_audit.score(outputs, x[f], y[f])
     # Logits of the same models (log-probabilities) give the same argmaxes after softmax.
     ext = ignorance_test(outputs, np.log(probs + 1e-12), y[f], retained_classes=noisy_audit.classes_)
     assert ext.agreement == full.agreement
@@ -285,26 +286,52 @@ def test_bad_fit_inputs() -> None:
         audit.fit(x[:, 0], y)
 
 
-def test_bad_compute_inputs() -> None:
+def test_bad_update_inputs() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 3))
     y = np.repeat([0, 1, 2], 20)
     audit = ReferenceFreeAudit()
     with pytest.raises(ValueError, match="not fitted"):
-        audit.compute(np.zeros((2, 3)), x[:2])
+        audit.update(np.zeros((2, 3)), x[:2])
     audit.fit(x, y)
     with pytest.raises(ValueError, match="outputs is empty"):
-        audit.compute(np.zeros((0, 3)), np.zeros((0, 3)))
+        audit.update(np.zeros((0, 3)), np.zeros((0, 3)))
     with pytest.raises(ValueError, match="x_forget has 4 rows but outputs has 5"):
-        audit.compute(np.zeros((5, 3)), x[:4])
+        audit.update(np.zeros((5, 3)), x[:4])
     with pytest.raises(ValueError, match="x_forget has 2 features but x_retain had 3"):
-        audit.compute(np.zeros((4, 3)), x[:4, :2])
+        audit.update(np.zeros((4, 3)), x[:4, :2])
     with pytest.raises(ValueError, match="2 output columns cannot hold retained label 2"):
-        audit.compute(np.zeros((4, 2)), x[:4])
+        audit.update(np.zeros((4, 2)), x[:4])
     with pytest.raises(ValueError, match="y_forget has 3 entries but there are 4 samples"):
-        audit.compute(np.zeros((4, 3)), x[:4], y[:3])
+        audit.update(np.zeros((4, 3)), x[:4], y[:3])
+    with pytest.raises(ValueError, match="2 output columns cannot hold retained label 2"):
+        audit.score(np.zeros((4, 2)), x[:4])
+    assert audit.n_samples == 0  # refused batches leave nothing behind
+    with pytest.raises(ValueError, match=r"ReferenceFreeAudit.compute\(\) called before any update\(\)"):
+        audit.compute()
+    audit.update(np.zeros((4, 3)), x[:4], y[:4])
+    with pytest.raises(ValueError, match="y_forget must be given with every batch or with none"):
+        audit.update(np.zeros((4, 3)), x[:4])
+    with pytest.raises(ValueError, match="outputs width changed between batches: 3 then 4"):
+        audit.update(np.zeros((4, 4)), x[:4], y[:4])
+
+
+def test_minibatches_equal_one_batch_and_reset_keeps_the_fit(
+    noisy: dict[str, np.ndarray], noisy_audit: ReferenceFreeAudit
+) -> None:
+    x, y, f = noisy["x"], noisy["y"], noisy["forget"]
+    outputs = KNeighborsClassifier(1).fit(x, y).predict_proba(x[f])
+    one = noisy_audit.score(outputs, x[f], y[f])
+    audit = ReferenceFreeAudit(seed=1).fit(x[~f], y[~f])
+    for rows in np.array_split(np.arange(int(f.sum())), 4):
+        assert audit.update(outputs[rows], x[f][rows], y[f][rows]) is audit
+    assert audit.n_samples == int(f.sum())
+    assert audit.compute() == one
     audit.reset()
-    assert not audit.is_fitted
+    assert audit.is_fitted and audit.n_samples == 0
+    assert audit.update(outputs, x[f]).compute() == noisy_audit.score(outputs, x[f])
+    audit.fit(x[~f], y[~f])  # a new fit drops the batches checked against the old one
+    assert audit.n_samples == 0
 
 
 def test_bad_ignorance_test_inputs() -> None:

@@ -132,12 +132,12 @@ def test_fisher_minibatch_equals_full_batch(rng: np.random.Generator) -> None:
     edges = [0, 1, 2, 50, 51, 400, 1000]
     for lo, hi in zip(edges[:-1], edges[1:]):
         assert metric.update(x[lo:hi], y[lo:hi]) is metric
-    assert metric.n == 1000
+    assert metric.n_samples == 1000
     full = fisher_ratio(x, y)
     assert full > 0.01
     assert metric.compute() == pytest.approx(full, rel=1e-10)
     metric.reset()
-    assert metric.n == 0
+    assert metric.n_samples == 0
     metric.update(x[:300, :4], y[:300])  # new width accepted after reset
     assert metric.compute() == pytest.approx(fisher_ratio(x[:300, :4], y[:300]), rel=1e-10)
 
@@ -148,8 +148,10 @@ def test_fisher_errors(rng: np.random.Generator) -> None:
         fisher_ratio(x, _labels(10, 1))
     with pytest.raises(ValueError, match="at least 2 forget and 2 retained"):
         fisher_ratio(x, _labels(10, 9))
-    with pytest.raises(ValueError, match="at least 2 forget"):
+    with pytest.raises(ValueError, match=r"FisherRatio.compute\(\) called before any update\(\)"):
         FisherRatio().compute()
+    with pytest.raises(ValueError, match="at least 2 forget"):
+        FisherRatio().update(x[:0], _labels(0, 0)).compute()
     with pytest.raises(ValueError, match="width changed"):
         FisherRatio().update(x, _labels(10, 5)).update(x[:, :2], _labels(10, 5))
     with pytest.raises(ValueError, match="0/1"):
@@ -208,7 +210,7 @@ def test_silhouette_class_and_errors(rng: np.random.Generator) -> None:
     metric = ForgetSilhouette(metric="cosine")
     for lo in range(0, 120, 25):
         metric.update(x[lo : lo + 25], y[lo : lo + 25])
-    assert metric.n == 120
+    assert metric.n_samples == 120
     assert metric.compute() == pytest.approx(forget_silhouette(x, y, metric="cosine"), rel=1e-12)
     metric.reset()
     with pytest.raises(ValueError, match="before any update"):
@@ -271,7 +273,7 @@ def test_knn_purity_class_and_errors(rng: np.random.Generator) -> None:
     metric = KNNPurity(k=7)
     for lo in range(0, 120, 50):
         metric.update(x[lo : lo + 50], y[lo : lo + 50])
-    assert metric.n == 120
+    assert metric.n_samples == 120
     assert metric.compute() == knn_purity(x, y, k=7)
     metric.reset()
     with pytest.raises(ValueError, match="before any update"):

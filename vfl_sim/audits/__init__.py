@@ -15,6 +15,7 @@ from vfl_sim.audits.base import (
 )
 from vfl_sim.audits.certificate import Certificate, CertificateThresholds, Check, Verdict, certify, trilemma_region
 from vfl_sim.audits.cka import LinearCKA, linear_cka
+from vfl_sim.audits.class_recovery import ClassRecoveryResult, forgotten_class_recovery
 from vfl_sim.audits.consistency import ConsistencyResult, RetrainConsistency, retrain_consistency
 
 # `feature_recovery` (the function) stays in its module: exported here it would shadow the module.
@@ -30,6 +31,7 @@ from vfl_sim.audits.feature_recovery import (
     recovery_gap_ci,
     target_components,
 )
+from vfl_sim.audits.interval import Interval
 from vfl_sim.audits.membership import (
     MembershipInference,
     MembershipResult,
@@ -38,24 +40,11 @@ from vfl_sim.audits.membership import (
     membership_inference,
     membership_scores,
 )
+from vfl_sim.audits.metric import Metric, RowBuffer
 from vfl_sim.audits.output import OutputAuditor, accuracy, output_metrics
-from vfl_sim.audits.probe import (
-    ClassRecoveryResult,
-    Interval,
-    LinearProbeGap,
-    LinearProbeRecovery,
-    LinearProbeRecoveryCI,
-    ProbeCI,
-    ProbeGapCI,
-    ProbeResult,
-    forgotten_class_recovery,
-    linear_probe_recovery,
-    paired_gap,
-    probe_ci,
-    probe_gap_ci,
-    probe_many,
-    probe_many_ci,
-)
+from vfl_sim.audits.probe import LinearProbeRecovery, ProbeResult, linear_probe_recovery, probe_many
+from vfl_sim.audits.probe_ci import LinearProbeRecoveryCI, ProbeCI, probe_ci, probe_many_ci
+from vfl_sim.audits.probe_gap import LinearProbeGap, ProbeGapCI, paired_gap, probe_gap_ci
 from vfl_sim.audits.reference_free import (
     ReferenceFreeAudit,
     ReferenceFreeAuditor,
@@ -123,12 +112,14 @@ __all__ = [
     "LinearProbeGap",
     "LinearProbeRecovery",
     "LinearProbeRecoveryCI",
+    "Metric",
     "ModelEmbeddings",
     "OutputAuditor",
     "ProbeCI",
     "ProbeGapCI",
     "ProbeResult",
     "RepresentationAuditor",
+    "RowBuffer",
     "accuracy",
     "available_auditors",
     "get_auditor",

@@ -46,6 +46,7 @@ from typing import Any, Literal
 import numpy as np
 
 from vfl_sim.audits._arrays import feature_matrix
+from vfl_sim.audits.metric import Metric
 
 __all__ = ["linear_cka", "LinearCKA", "Estimator"]
 
@@ -133,6 +134,11 @@ class _UnbiasedStats:
     ``x_kx = X^T k``, ``x_ky = X^T l``, ``y_kx = Y^T k``, ``y_ky = Y^T l`` and the ones the
     biased estimator also keeps: ``n``, ``sx = X^T 1``, ``sy = Y^T 1``, ``X^T X``, ``Y^T Y``
     and ``X^T Y``.
+
+    A value, not a metric: sums of one batch that add up (``add``), shared by
+    :func:`linear_cka` (one batch) and :class:`LinearCKA` (the
+    :class:`~vfl_sim.audits.metric.Metric` that holds the running total). It keeps no rows,
+    so the row buffer has no part in it.
     """
 
     n: int
@@ -336,7 +342,7 @@ def linear_cka(x: Any, y: Any, *, centered: bool = True, estimator: Estimator = 
     return _cka_from_grams(xa.T @ xa, ya.T @ ya, xa.T @ ya, raw_x, raw_y)
 
 
-class LinearCKA:
+class LinearCKA(Metric[float]):
     """Minibatch linear CKA, from accumulated sufficient statistics.
 
     Each ``update(x, y)`` adds a batch of rows of the two representations. The state is
@@ -385,11 +391,9 @@ class LinearCKA:
         _check_estimator(estimator, centered)
         self.centered = bool(centered)
         self.estimator: Estimator = estimator
-        self.reset()
+        super().__init__()
 
-    def reset(self) -> None:
-        """Drop all accumulated statistics."""
-        self.n = 0
+    def _clear(self) -> None:
         self._p: int | None = None
         self._q: int | None = None
         self._shift_x: np.ndarray | None = None
@@ -417,6 +421,7 @@ class LinearCKA:
                 f"feature widths changed between batches: (p, q) was ({self._p}, {self._q}), "
                 f"got ({xa.shape[1]}, {ya.shape[1]})"
             )
+        self._count(xa.shape[0])
         if xa.shape[0] == 0:
             return self
         p, q = xa.shape[1], ya.shape[1]
@@ -437,7 +442,6 @@ class LinearCKA:
         self._raw_y += np.sum(np.square(ya), axis=0)
         xs = xa - self._shift_x
         ys = ya - self._shift_y
-        self.n += xa.shape[0]
         self._sum_x += xs.sum(axis=0)
         self._sum_y += ys.sum(axis=0)
         self._xtx += xs.T @ xs
@@ -451,10 +455,9 @@ class LinearCKA:
                 self._ustats.add(batch)
         return self
 
-    def compute(self) -> float:
-        """Linear CKA of all rows seen since the last ``reset``."""
-        if self.n == 0:
-            raise ValueError("LinearCKA.compute() called before any update() with samples")
+    def _compute(self) -> float:
+        if self.n_samples == 0:
+            raise ValueError("LinearCKA.compute() needs samples; every update() so far was empty")
         if self.estimator == "unbiased":
             return self._compute_unbiased()
         assert self._xtx is not None and self._yty is not None and self._xty is not None
@@ -462,23 +465,23 @@ class LinearCKA:
         assert self._raw_x is not None and self._raw_y is not None
         sxx, syy, sxy = self._xtx, self._yty, self._xty
         if self.centered:
-            mx = self._sum_x / self.n
-            my = self._sum_y / self.n
-            sxx = sxx - self.n * np.outer(mx, mx)
-            syy = syy - self.n * np.outer(my, my)
-            sxy = sxy - self.n * np.outer(mx, my)
+            mx = self._sum_x / self.n_samples
+            my = self._sum_y / self.n_samples
+            sxx = sxx - self.n_samples * np.outer(mx, mx)
+            syy = syy - self.n_samples * np.outer(my, my)
+            sxy = sxy - self.n_samples * np.outer(mx, my)
         return _cka_from_grams(sxx, syy, sxy, self._raw_x, self._raw_y)
 
     def _compute_unbiased(self) -> float:
-        if self.n < 4:
-            raise _unbiased_needs_four(self.n)
+        if self.n_samples < 4:
+            raise _unbiased_needs_four(self.n_samples)
         assert self._ustats is not None and self._xtx is not None and self._yty is not None
         assert self._sum_x is not None and self._sum_y is not None
         assert self._raw_x is not None and self._raw_y is not None
         # Centered per-feature sums of squares, judged against the raw ones as in the biased
         # path; if every feature of one side is constant, what is left is rounding residue.
-        var_x = np.diag(self._xtx) - np.square(self._sum_x) / self.n
-        var_y = np.diag(self._yty) - np.square(self._sum_y) / self.n
+        var_x = np.diag(self._xtx) - np.square(self._sum_x) / self.n_samples
+        var_y = np.diag(self._yty) - np.square(self._sum_y) / self.n_samples
         if np.all(var_x <= _DEGENERATE_RTOL * self._raw_x) or np.all(var_y <= _DEGENERATE_RTOL * self._raw_y):
             return 0.0
         return self._ustats.cka()

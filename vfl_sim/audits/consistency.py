@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from vfl_sim.audits._arrays import feature_matrix, to_numpy
+from vfl_sim.audits.metric import Metric
 
 __all__ = ["ConsistencyResult", "RetrainConsistency", "retrain_consistency"]
 
@@ -182,7 +183,7 @@ class _GroupStats:
         return float(min(max(self.res_topk / self.res, 0.0), 1.0))
 
 
-class RetrainConsistency:
+class RetrainConsistency(Metric[ConsistencyResult]):
     """Linear retraining consistency from sufficient statistics (see the module docstring).
 
     Life cycle:
@@ -225,11 +226,11 @@ class RetrainConsistency:
         self.ridge = float(ridge)
         self.top_k = None if top_k is None else int(top_k)
         self.variance = float(variance)
-        self.reset()
+        super().__init__()
 
     # -- fit ---------------------------------------------------------------------------
-    def reset(self) -> None:
-        """Drop the fit statistics, the fitted map and the accumulated scores."""
+    def _clear(self) -> None:
+        # ``reset`` drops the fit statistics and the fitted map too, not only the scores.
         self.n_fit = 0
         self._widths: tuple[int, int] | None = None
         self._shift_a: np.ndarray | None = None
@@ -333,7 +334,8 @@ class RetrainConsistency:
         return np.asarray((a - ma) @ w + mr)
 
     # -- score -------------------------------------------------------------------------
-    def _add(self, forget: _GroupStats, retain: _GroupStats, A: Any, R: Any, is_forget: Any) -> None:
+    def _add(self, forget: _GroupStats, retain: _GroupStats, A: Any, R: Any, is_forget: Any) -> int:
+        """Score rows into ``forget`` and ``retain``; returns how many."""
         a, r = _check_pair(A, R)
         mask = _check_mask(is_forget, a.shape[0])
         w, _, _, u = self._solve()
@@ -343,6 +345,7 @@ class RetrainConsistency:
         e_topk = e @ u
         forget.add(r[mask], e[mask], e_topk[mask])
         retain.add(r[~mask], e[~mask], e_topk[~mask])
+        return int(r.shape[0])
 
     def _result(self, forget: _GroupStats, retain: _GroupStats) -> ConsistencyResult:
         w, _, _, _ = self._solve()
@@ -361,11 +364,10 @@ class RetrainConsistency:
 
     def update(self, A: Any, R: Any, is_forget: Any) -> RetrainConsistency:
         """Add scored rows (forget rows and held-out retained rows); returns ``self``."""
-        self._add(self._forget, self._retain, A, R, is_forget)
+        self._count(self._add(self._forget, self._retain, A, R, is_forget))
         return self
 
-    def compute(self) -> ConsistencyResult:
-        """Scores of all rows passed to ``update`` since the last ``reset``."""
+    def _compute(self) -> ConsistencyResult:
         return self._result(self._forget, self._retain)
 
     def score(self, A: Any, R: Any, is_forget: Any) -> ConsistencyResult:

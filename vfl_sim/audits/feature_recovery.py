@@ -18,7 +18,7 @@ linear readout still finds in an embedding:
    embedding, so it is identical for every model and split.
 2. **Splits.** ``R = repeats`` random fit/eval splits with seeds ``seed, ..., seed + R - 1``
    (``eval_fraction`` held out, :func:`sklearn.model_selection.train_test_split`), the same
-   for every representation of one call, as in :func:`vfl_sim.audits.probe.probe_many_ci`.
+   for every representation of one call, as in :func:`vfl_sim.audits.probe_ci.probe_many_ci`.
 3. **Readout.** The predictors ``X`` (an embedding, n x d) are standardized with the fit
    part's mean and std (constant columns get scale 1), and a ridge regression with intercept
    is fit on the fit part, in closed form::
@@ -49,14 +49,15 @@ splits (:func:`paired_recovery_gap`), so that the variation both models share ca
 clearly positive gap means the audited representation holds more of the removed columns
 than a model that never saw them.
 
-Intervals are percentile intervals over the splits (:class:`vfl_sim.audits.probe.Interval`): they
+Intervals are percentile intervals over the splits (:class:`vfl_sim.audits.interval.Interval`): they
 describe the spread of a single-split value, not a confidence interval for the mean (the
 splits share samples; Nadeau and Bengio, 2003).
 
 :func:`feature_recovery` is the functional form, :func:`feature_recovery_many` reads several
 representations on shared splits (batched: every model of one width is solved in one
 stacked linear solve per split), :class:`FeatureRecovery` and :class:`FeatureRecoveryGap`
-accumulate minibatches (``update`` / ``compute`` / ``reset``), and
+accumulate minibatches (``update`` / ``compute`` / ``reset``,
+:class:`~vfl_sim.audits.metric.Metric`), and
 :class:`FeatureRecoveryAuditor` runs it on :class:`~vfl_sim.audits.base.AuditData`: per model the
 views ``fused`` and ``parties.<pid>`` (embeddings) and ``output`` (the model's logits, i.e.
 whether the top model still carries the removed columns), each
@@ -79,7 +80,8 @@ from sklearn.model_selection import train_test_split
 
 from vfl_sim.audits._arrays import feature_matrix, to_numpy
 from vfl_sim.audits.base import REMOVED_FEATURES, AuditData, Auditor, ModelEmbeddings, register_auditor
-from vfl_sim.audits.probe import Interval
+from vfl_sim.audits.interval import Interval
+from vfl_sim.audits.metric import Metric
 from vfl_sim.config import AuditConfig
 from vfl_sim.forget import ORIGINAL, RETRAIN, ForgetKind
 
@@ -558,41 +560,6 @@ def recovery_gap_ci(audited: Any, retrain: Any, targets: Any, **kwargs: Any) -> 
 # --------------------------------------------------------------------------------------------
 
 
-class _Rows:
-    """Stores minibatches of aligned arrays (predictors of each model, then targets)."""
-
-    def __init__(self, names: tuple[str, ...]) -> None:
-        self._names = names
-        self._parts: list[list[np.ndarray]] = [[] for _ in names]
-        self._targets: list[np.ndarray] = []
-
-    def add(self, arrays: Sequence[Any], targets: Any) -> None:
-        t = _check_targets(targets)
-        xs = [_check_embeddings(a, t.shape[0], n) for a, n in zip(arrays, self._names, strict=True)]
-        if self._targets and t.shape[1] != self._targets[0].shape[1]:
-            raise ValueError(f"targets width changed between batches: {self._targets[0].shape[1]} then {t.shape[1]}")
-        for part, x, n in zip(self._parts, xs, self._names, strict=True):
-            if part and x.shape[1] != part[0].shape[1]:
-                raise ValueError(f"{n} width changed between batches: {part[0].shape[1]} then {x.shape[1]}")
-        for part, x in zip(self._parts, xs, strict=True):
-            part.append(x)
-        self._targets.append(t)
-
-    def get(self, owner: str) -> tuple[list[np.ndarray], np.ndarray]:
-        if not self._targets:
-            raise ValueError(f"{owner}.compute() called before any update()")
-        return [np.concatenate(p, axis=0) for p in self._parts], np.concatenate(self._targets, axis=0)
-
-    def clear(self) -> None:
-        for p in self._parts:
-            p.clear()
-        self._targets.clear()
-
-    @property
-    def n_samples(self) -> int:
-        return int(sum(t.shape[0] for t in self._targets))
-
-
 def _check_kwargs(kwargs: dict[str, Any]) -> None:
     allowed = {"eval_fraction", "alpha", "n_components", "standardize_targets", "repeats", "level", "seed"}
     unknown = sorted(set(kwargs) - allowed)
@@ -604,7 +571,7 @@ def _check_kwargs(kwargs: dict[str, Any]) -> None:
     _check_n_components(kwargs.get("n_components"))
 
 
-class FeatureRecovery:
+class FeatureRecovery(Metric[RecoveryResult]):
     """Minibatch form of :func:`feature_recovery`: ``update`` / ``compute`` / ``reset``.
 
     ``compute`` equals ``feature_recovery(concat(embeddings), concat(targets), **kwargs)``
@@ -622,29 +589,19 @@ class FeatureRecovery:
     def __init__(self, **kwargs: Any) -> None:
         _check_kwargs(kwargs)  # fail on a bad argument now rather than at compute()
         self.kwargs = dict(kwargs)
-        self._rows = _Rows(("embeddings",))
+        super().__init__(columns=("targets", "embeddings"))
 
     def update(self, embeddings: Any, targets: Any) -> FeatureRecovery:
         """Add one batch: embeddings ``(b, d)`` and the removed columns ``(b, m)``; returns ``self``."""
-        self._rows.add([embeddings], targets)
+        t = _check_targets(targets)
+        self._append(t, _check_embeddings(embeddings, t.shape[0], "embeddings"))
         return self
 
-    def compute(self) -> RecoveryResult:
-        """R^2 over all samples seen since the last ``reset``."""
-        (x,), t = self._rows.get("FeatureRecovery")
-        return feature_recovery(x, t, **self.kwargs)
-
-    def reset(self) -> None:
-        """Forget every batch seen so far."""
-        self._rows.clear()
-
-    @property
-    def n_samples(self) -> int:
-        """Number of samples accumulated since the last ``reset``."""
-        return self._rows.n_samples
+    def _compute(self) -> RecoveryResult:
+        return feature_recovery(self._rows.column("embeddings"), self._rows.column("targets"), **self.kwargs)
 
 
-class FeatureRecoveryGap:
+class FeatureRecoveryGap(Metric[RecoveryGap]):
     """Minibatch form of :func:`recovery_gap_ci`: ``update(audited, retrain, targets)``.
 
     ``compute`` equals ``recovery_gap_ci(concat(audited), concat(retrain), concat(targets),
@@ -654,26 +611,19 @@ class FeatureRecoveryGap:
     def __init__(self, **kwargs: Any) -> None:
         _check_kwargs(kwargs)
         self.kwargs = dict(kwargs)
-        self._rows = _Rows(("audited", "retrain"))
+        super().__init__(columns=("targets", "audited", "retrain"))
 
     def update(self, audited: Any, retrain: Any, targets: Any) -> FeatureRecoveryGap:
         """Add one batch: both models' embeddings of the same ``b`` samples and their removed columns."""
-        self._rows.add([audited, retrain], targets)
+        t = _check_targets(targets)
+        a = _check_embeddings(audited, t.shape[0], "audited")
+        r = _check_embeddings(retrain, t.shape[0], "retrain")
+        self._append(t, a, r)
         return self
 
-    def compute(self) -> RecoveryGap:
-        """Paired gap over all samples seen since the last ``reset``."""
-        (a, r), t = self._rows.get("FeatureRecoveryGap")
-        return recovery_gap_ci(a, r, t, **self.kwargs)
-
-    def reset(self) -> None:
-        """Forget every batch seen so far."""
-        self._rows.clear()
-
-    @property
-    def n_samples(self) -> int:
-        """Number of samples accumulated since the last ``reset``."""
-        return self._rows.n_samples
+    def _compute(self) -> RecoveryGap:
+        rows = self._rows
+        return recovery_gap_ci(rows.column("audited"), rows.column("retrain"), rows.column("targets"), **self.kwargs)
 
 
 # --------------------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ from scipy.special import log_softmax
 from scipy.stats import rankdata
 
 from vfl_sim.audits._arrays import feature_matrix, to_numpy
+from vfl_sim.audits.metric import Metric
 
 __all__ = [
     "AucDifference",
@@ -498,7 +499,7 @@ def membership_inference(
     )
 
 
-class MembershipInference:
+class MembershipInference(Metric[MembershipResult]):
     """Minibatch form of :func:`membership_inference`.
 
     ``update(logits, labels, group, reference_logits=None)`` scores a batch at once and keeps
@@ -530,48 +531,31 @@ class MembershipInference:
         self.n_bootstrap = int(n_bootstrap)
         self.confidence = float(confidence)
         self.seed = seed
-        self.reset()
-
-    def reset(self) -> None:
-        """Drop every accumulated score."""
-        self._raw: list[np.ndarray] = []
-        self._cal: list[np.ndarray] = []
-        self._is_member: list[np.ndarray] = []
-        self._calibrated: bool | None = None
+        # Scores, not logits: the calibrated column is ``raw - reference`` and is given with
+        # every batch or with none.
+        super().__init__(columns=("raw", "reference_logits", "is_member"))
 
     def update(self, logits: Any, labels: Any, group: Any, reference_logits: Any | None = None) -> MembershipInference:
         """Add a batch: logits ``(b, C)``, labels ``(b,)``, group ``(b,)``; returns ``self``."""
-        has_ref = reference_logits is not None
-        if self._calibrated is not None and has_ref != self._calibrated:
-            raise ValueError("reference_logits must be given with every batch or with none")
         raw = membership_scores(logits, labels, self.signal)
         is_m, is_u = _group_mask(group, raw.size, self.member, self.nonmember)
         keep = is_m | is_u
-        if has_ref:
+        cal = None
+        if reference_logits is not None:
             ref = membership_scores(reference_logits, labels, self.signal)
             if ref.size != raw.size:
                 raise ValueError(f"reference_logits has {ref.size} rows, logits has {raw.size}")
-            self._cal.append((raw - ref)[keep])
-        self._calibrated = has_ref
-        self._raw.append(raw[keep])
-        self._is_member.append(is_m[keep])
+            cal = (raw - ref)[keep]
+        self._append(raw[keep], cal, is_m[keep])
         return self
 
-    def compute(self) -> MembershipResult:
-        """AUCs and intervals of all samples seen since the last ``reset``."""
-        if not self._raw:
-            raise ValueError("MembershipInference.compute() called before any update()")
+    def _compute(self) -> MembershipResult:
         return _result(
             self.signal,
-            np.concatenate(self._raw),
-            np.concatenate(self._cal) if self._calibrated else None,
-            np.concatenate(self._is_member),
+            self._rows.column("raw"),
+            self._rows.optional("reference_logits"),
+            self._rows.column("is_member"),
             n_bootstrap=self.n_bootstrap,
             confidence=self.confidence,
             seed=self.seed,
         )
-
-    @property
-    def n_samples(self) -> int:
-        """Member and non-member samples accumulated since the last ``reset``."""
-        return int(sum(m.size for m in self._is_member))

@@ -123,6 +123,7 @@ from threadpoolctl import threadpool_limits
 
 from vfl_sim.audits._arrays import feature_matrix, to_numpy
 from vfl_sim.audits.base import INPUTS, AuditData, Auditor, register_auditor
+from vfl_sim.audits.metric import Metric
 from vfl_sim.config import AuditConfig
 from vfl_sim.forget import ForgetKind
 
@@ -476,13 +477,17 @@ def _row_hashes(x: np.ndarray) -> np.ndarray:
     return _mix64(bits ^ salt).sum(axis=1, dtype=np.uint64)
 
 
-class ReferenceFreeAudit:
+class ReferenceFreeAudit(Metric[ReferenceFreeResult]):
     """Verification models on the retained data, then the agreement test on forget samples.
 
     ``fit`` trains ``n_models`` verification models, each on its own seeded, class-stratified
-    subset of ``fraction`` of the retained data; ``compute`` scores the audited model's
-    outputs on the forget samples against them. One fit serves any number of audited models
-    (e.g. every unlearning method of an experiment) on the same request.
+    subset of ``fraction`` of the retained data. The audited model's outputs on the forget
+    samples then follow the life cycle of every metric
+    (:class:`~vfl_sim.audits.metric.Metric`): ``update(outputs, x_forget, y_forget)`` per batch,
+    ``compute()`` for the test on every batch since the last ``reset``. One fit serves any
+    number of audited models (e.g. every unlearning method of an experiment) on the same
+    request: ``reset`` forgets the batches, not the verification models, and :meth:`score`
+    audits one model's outputs at once without touching the batches.
 
     Parameters
     ----------
@@ -516,7 +521,7 @@ class ReferenceFreeAudit:
     Examples
     --------
     >>> audit = ReferenceFreeAudit(seed=0).fit(x_retain, y_retain)  # doctest: +SKIP
-    >>> audit.compute(unlearned_logits, x_forget, y_forget).passed  # doctest: +SKIP
+    >>> audit.update(unlearned_logits, x_forget, y_forget).compute().passed  # doctest: +SKIP
     """
 
     def __init__(
@@ -542,23 +547,23 @@ class ReferenceFreeAudit:
         self.estimator = estimator
         self.alpha = float(alpha)
         self.threshold = None if threshold is None else float(threshold)
-        self.reset()
-
-    def reset(self) -> None:
-        """Drop the fitted verification models."""
         self.models_: list[Any] = []
         self.subset_indices_: list[np.ndarray] = []
         self.classes_: np.ndarray = np.empty(0, dtype=np.int64)
         self._n_features = 0
         self._seen_hashes: np.ndarray = np.empty(0, dtype=np.uint64)
+        super().__init__(columns=("outputs", "x_forget", "y_forget"))
 
     @property
     def is_fitted(self) -> bool:
-        """Whether ``fit`` has run since construction or the last ``reset``."""
+        """Whether ``fit`` has run since construction."""
         return bool(self.models_)
 
     def fit(self, x_retain: Any, y_retain: Any) -> ReferenceFreeAudit:
         """Train the verification models on subsets of the retained data; returns ``self``.
+
+        Batches given to ``update`` before are dropped: they were checked against the
+        previous fit.
 
         Parameters
         ----------
@@ -631,34 +636,59 @@ class ReferenceFreeAudit:
                 probs[k][:, _model_classes(model)] = model.predict_proba(xf)
         return probs
 
-    def compute(self, outputs: Any, x_forget: Any, y_forget: Any | None = None) -> ReferenceFreeResult:
-        """Audit one model's outputs on the forget samples.
+    def update(self, outputs: Any, x_forget: Any, y_forget: Any | None = None) -> ReferenceFreeAudit:
+        """Add one batch of forget samples of the audited model; returns ``self``.
 
         Parameters
         ----------
-        outputs : array-like of shape (n, C)
+        outputs : array-like of shape (b, C)
             Audited model's logits or probabilities on the forget samples (only the argmax is
             used); ``C`` must cover every retained label.
-        x_forget : array-like of shape (n, d)
+        x_forget : array-like of shape (b, d)
             Raw features of the same forget samples, as in ``fit``.
-        y_forget : array-like of shape (n,), optional
-            Their labels: adds the accuracies and the request kind to the result.
-
-        Returns
-        -------
-        ReferenceFreeResult
+        y_forget : array-like of shape (b,), optional
+            Their labels: adds the accuracies and the request kind to the result; given with
+            every batch or with none.
 
         Raises
         ------
         ValueError
             Before ``fit``, on empty or mismatched inputs.
         """
+        self._append(*self._check_batch(outputs, x_forget, y_forget))
+        return self
+
+    def _compute(self) -> ReferenceFreeResult:
+        rows = self._rows
+        return self._audit(rows.column("outputs"), rows.column("x_forget"), rows.optional("y_forget"), stacklevel=4)
+
+    def score(self, outputs: Any, x_forget: Any, y_forget: Any | None = None) -> ReferenceFreeResult:
+        """The test on these forget samples alone; the batches of ``update`` are left as they were.
+
+        Equal to ``update(outputs, x_forget, y_forget).compute()`` on a freshly reset audit
+        with the same fit. Arguments as in :meth:`update`.
+        """
+        return self._audit(*self._check_batch(outputs, x_forget, y_forget), stacklevel=3)
+
+    def _check_batch(
+        self, outputs: Any, x_forget: Any, y_forget: Any | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         self._check_fitted()
         o = _check_outputs(outputs)
         xf = feature_matrix(x_forget, "x_forget")
         if xf.shape[0] != o.shape[0]:
             raise ValueError(f"x_forget has {xf.shape[0]} rows but outputs has {o.shape[0]}")
         y = None if y_forget is None else _check_class_labels(y_forget, "y_forget", o.shape[0])
+        if xf.shape[1] != self._n_features:
+            raise ValueError(f"x_forget has {xf.shape[1]} features but x_retain had {self._n_features}")
+        if int(self.classes_.max()) >= o.shape[1]:
+            raise ValueError(
+                f"{o.shape[1]} output columns cannot hold retained label {int(self.classes_.max())}; "
+                "labels must be the audited model's output-column indices"
+            )
+        return o, xf, y
+
+    def _audit(self, o: np.ndarray, xf: np.ndarray, y: np.ndarray | None, *, stacklevel: int) -> ReferenceFreeResult:
         probs = self.verifier_probabilities(xf, n_classes=o.shape[1])
         seen = int(np.isin(_row_hashes(xf), self._seen_hashes).sum())
         if seen:
@@ -666,7 +696,7 @@ class ReferenceFreeAudit:
                 f"{seen} forget sample(s) have an exact duplicate among the verification models' training "
                 "rows; they are not ignorant of those feature vectors",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=stacklevel,
             )
         return _decide(
             o,
@@ -705,8 +735,8 @@ def reference_free_audit(
 ) -> ReferenceFreeResult:
     """Reference-free unlearning audit in one call (Ye et al., arXiv:2606.16110).
 
-    Equal to ``ReferenceFreeAudit(...).fit(x_retain, y_retain).compute(outputs, x_forget,
-    y_forget)``; see the module docstring for what is computed.
+    Equal to ``ReferenceFreeAudit(...).fit(x_retain, y_retain).update(outputs, x_forget,
+    y_forget).compute()``; see the module docstring for what is computed.
 
     Parameters
     ----------
@@ -730,7 +760,7 @@ def reference_free_audit(
     audit = ReferenceFreeAudit(
         n_models=n_models, fraction=fraction, seed=seed, estimator=estimator, alpha=alpha, threshold=threshold
     )
-    return audit.fit(x_retain, y_retain).compute(outputs, x_forget, y_forget)
+    return audit.fit(x_retain, y_retain).score(outputs, x_forget, y_forget)
 
 
 @register_auditor("reference_free")
@@ -772,6 +802,6 @@ class ReferenceFreeAuditor(Auditor):
         audit = ReferenceFreeAudit(n_models=self.n_models, fraction=self.fraction, seed=self.seed)
         audit.fit(x[retain], data.labels[retain])
         return {
-            name: audit.compute(m.logits[forget], x[forget], data.labels[forget]).to_dict()
+            name: audit.score(m.logits[forget], x[forget], data.labels[forget]).to_dict()
             for name, m in data.models.items()
         }

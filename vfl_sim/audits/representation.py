@@ -59,9 +59,11 @@ import numpy as np
 
 from vfl_sim.audits.base import LAYERS, AuditData, Auditor, register_auditor
 from vfl_sim.audits.cka import linear_cka
+from vfl_sim.audits.class_recovery import forgotten_class_recovery
 from vfl_sim.audits.consistency import retrain_consistency
 from vfl_sim.audits.output import paired_accuracy_difference
-from vfl_sim.audits.probe import ProbeCI, forgotten_class_recovery, paired_gap, probe_many_ci
+from vfl_sim.audits.probe_ci import ProbeCI, probe_many_ci
+from vfl_sim.audits.probe_gap import paired_gap
 from vfl_sim.audits.separability import fisher_ratio, forget_silhouette, knn_purity
 from vfl_sim.config import AuditConfig
 from vfl_sim.forget import ORIGINAL, RETRAIN, ForgetKind

@@ -14,7 +14,8 @@ Three geometric views of the same question, all on plain arrays ``embeddings`` (
 
 The silhouette and the kNN purity need all pairwise distances between forgotten samples
 and all samples (``O(n_F n d)`` time); their classes accumulate rows and compute on
-demand, so memory grows with ``n``.
+demand, so memory grows with ``n``. All three classes share the life cycle of
+:class:`~vfl_sim.audits.metric.Metric` (``update`` / ``compute`` / ``reset`` / ``n_samples``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from vfl_sim.audits._arrays import feature_matrix, to_numpy
+from vfl_sim.audits.metric import Metric
 
 _DISTANCE_BLOCK = 1024  # forgotten samples per block of distances (memory: block x n floats)
 
@@ -66,34 +68,6 @@ def _check_inputs(embeddings: Any, is_forget: Any) -> tuple[np.ndarray, np.ndarr
 def _check_metric(metric: str) -> None:
     if metric not in _METRICS:
         raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
-
-
-class _RowBuffer:
-    """Batches of (embeddings, is_forget) kept for metrics that need all rows at once."""
-
-    def __init__(self) -> None:
-        self._x: list[np.ndarray] = []
-        self._y: list[np.ndarray] = []
-
-    def add(self, embeddings: Any, is_forget: Any) -> None:
-        x, y = _check_inputs(embeddings, is_forget)
-        if self._x and x.shape[1] != self._x[0].shape[1]:
-            raise ValueError(f"embeddings width changed between batches: {self._x[0].shape[1]} then {x.shape[1]}")
-        self._x.append(x)
-        self._y.append(y)
-
-    def all(self, owner: str) -> tuple[np.ndarray, np.ndarray]:
-        if not self._x:
-            raise ValueError(f"{owner}.compute() called before any update()")
-        return np.concatenate(self._x, axis=0), np.concatenate(self._y, axis=0)
-
-    def clear(self) -> None:
-        self._x.clear()
-        self._y.clear()
-
-    @property
-    def n(self) -> int:
-        return int(sum(y.size for y in self._y))
 
 
 # --------------------------------------------------------------------------- Fisher ratio
@@ -167,7 +141,7 @@ def fisher_ratio(embeddings: Any, is_forget: Any) -> float:
     return FisherRatio().update(embeddings, is_forget).compute()
 
 
-class FisherRatio:
+class FisherRatio(Metric[float]):
     """Minibatch :func:`fisher_ratio` from sufficient statistics.
 
     Per class ``g`` the state is the count ``n_g``, the column sum ``sum_i x_i`` (d) and the
@@ -185,22 +159,13 @@ class FisherRatio:
     batches to rounding.
     """
 
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        """Drop all accumulated statistics."""
+    def _clear(self) -> None:
         self._d: int | None = None
-        self._count = np.zeros(2, dtype=np.int64)
+        self._class_counts = np.zeros(2, dtype=np.int64)
         self._shift: list[np.ndarray | None] = [None, None]
         self._sum: list[np.ndarray | None] = [None, None]
         self._sq = np.zeros(2)
         self._raw_sq = 0.0
-
-    @property
-    def n(self) -> int:
-        """Number of samples seen since the last ``reset``."""
-        return int(self._count.sum())
 
     def update(self, embeddings: Any, is_forget: Any) -> FisherRatio:
         """Add a batch: embeddings ``(b, d)`` and labels ``(b,)``; returns ``self``."""
@@ -223,12 +188,12 @@ class FisherRatio:
             xs = rows - shift
             acc += xs.sum(axis=0)
             self._sq[g] += float(np.sum(np.square(xs)))
-            self._count[g] += rows.shape[0]
+            self._class_counts[g] += rows.shape[0]
+        self._count(x.shape[0])
         return self
 
-    def compute(self) -> float:
-        """Fisher ratio of all rows seen since the last ``reset``."""
-        n_r, n_f = int(self._count[0]), int(self._count[1])
+    def _compute(self) -> float:
+        n_r, n_f = int(self._class_counts[0]), int(self._class_counts[1])
         if min(n_f, n_r) < 2:
             raise ValueError(
                 f"fisher_ratio needs at least 2 forget and 2 retained samples, got {n_f} forget and {n_r} retained"
@@ -331,7 +296,7 @@ def _forget_distances(x: np.ndarray, y: np.ndarray, metric: DistanceMetric) -> I
             yield block, np.sqrt(np.maximum(sq[block, None] + sq[None, :] - 2.0 * dot, 0.0))
 
 
-class ForgetSilhouette:
+class ForgetSilhouette(Metric[float]):
     """Minibatch form of :func:`forget_silhouette`: stores the rows, computes on demand.
 
     Parameters
@@ -343,25 +308,15 @@ class ForgetSilhouette:
     def __init__(self, *, metric: DistanceMetric = "euclidean") -> None:
         _check_metric(metric)
         self.metric: DistanceMetric = metric
-        self._rows = _RowBuffer()
+        super().__init__(columns=("embeddings", "is_forget"))
 
     def update(self, embeddings: Any, is_forget: Any) -> ForgetSilhouette:
         """Add a batch: embeddings ``(b, d)`` and labels ``(b,)``; returns ``self``."""
-        self._rows.add(embeddings, is_forget)
+        self._append(*_check_inputs(embeddings, is_forget))
         return self
 
-    def compute(self) -> float:
-        """Silhouette of the forgotten samples among all rows seen since the last ``reset``."""
-        return forget_silhouette(*self._rows.all("ForgetSilhouette"), metric=self.metric)
-
-    def reset(self) -> None:
-        """Forget every batch seen so far."""
-        self._rows.clear()
-
-    @property
-    def n(self) -> int:
-        """Number of samples accumulated since the last ``reset``."""
-        return self._rows.n
+    def _compute(self) -> float:
+        return forget_silhouette(self._rows.column("embeddings"), self._rows.column("is_forget"), metric=self.metric)
 
 
 # ----------------------------------------------------------------------------- kNN purity
@@ -458,7 +413,7 @@ def knn_purity(embeddings: Any, is_forget: Any, *, k: int = 10, metric: Distance
     return PurityResult(purity=purity, chance=(n_f - 1) / (n - 1), k=k, n_forget=n_f, n=n)
 
 
-class KNNPurity:
+class KNNPurity(Metric[PurityResult]):
     """Minibatch form of :func:`knn_purity`: stores the rows, computes on demand.
 
     Parameters
@@ -473,22 +428,13 @@ class KNNPurity:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         self.k = int(k)
         self.metric: DistanceMetric = metric
-        self._rows = _RowBuffer()
+        super().__init__(columns=("embeddings", "is_forget"))
 
     def update(self, embeddings: Any, is_forget: Any) -> KNNPurity:
         """Add a batch: embeddings ``(b, d)`` and labels ``(b,)``; returns ``self``."""
-        self._rows.add(embeddings, is_forget)
+        self._append(*_check_inputs(embeddings, is_forget))
         return self
 
-    def compute(self) -> PurityResult:
-        """kNN purity among all rows seen since the last ``reset``."""
-        return knn_purity(*self._rows.all("KNNPurity"), k=self.k, metric=self.metric)
-
-    def reset(self) -> None:
-        """Forget every batch seen so far."""
-        self._rows.clear()
-
-    @property
-    def n(self) -> int:
-        """Number of samples accumulated since the last ``reset``."""
-        return self._rows.n
+    def _compute(self) -> PurityResult:
+        rows = self._rows
+        return knn_purity(rows.column("embeddings"), rows.column("is_forget"), k=self.k, metric=self.metric)
