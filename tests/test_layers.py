@@ -8,6 +8,8 @@ repository root). Imports point downward only, at module level and inside functi
   progress) and ``vfl_sim.data``, ``vfl_sim.models``;
 - parties and audits: each on the core only (an auditor sees arrays, never a party);
 - server: the core only (it reaches the parties through a transport, never by import);
+- methods (``vfl_sim.methods``): the core, the parties and the server; each method's module
+  holds its server side and its parties' steps, which meet only over the transport;
 - applications: the experiment, report and plots, benchmarks, sweeps, runtimes and the CLI.
 """
 
@@ -31,14 +33,15 @@ ALLOWED = {
     "parties": {"core", "parties"},
     "audits": {"core", "audits"},
     "server": {"core", "server"},
-    "apps": {"core", "parties", "audits", "server", "apps"},
+    "methods": {"core", "parties", "server", "methods"},
+    "apps": {"core", "parties", "audits", "server", "methods", "apps"},
 }
 ROLES = ("server", "parties", "audits")
 
 
 def layer(module: str) -> str:
     parts = module.split(".")
-    if len(parts) > 1 and parts[1] in ROLES:
+    if len(parts) > 1 and parts[1] in (*ROLES, "methods"):
         return parts[1]
     if len(parts) > 1 and parts[1] in APPS:
         return "apps"

@@ -9,15 +9,15 @@ from tests.conftest import embedded_ids, record_requests, trained
 from vfl_sim.errors import ConfigError, RegistryError
 from vfl_sim.experiment import Experiment
 from vfl_sim.forget import ORIGINAL
-from vfl_sim.server.coordinator import UnlearningCoordinator
-from vfl_sim.server.methods import (
+from vfl_sim.methods import (
     MethodParams,
     UnlearningContext,
     UnlearningMethod,
     build_method,
     register_method,
 )
-from vfl_sim.server.methods.registry import METHODS
+from vfl_sim.methods.registry import METHODS
+from vfl_sim.server.coordinator import UnlearningCoordinator
 from vfl_sim.server.server import Server
 
 

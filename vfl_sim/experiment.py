@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-import vfl_sim.server.methods  # noqa: F401  (registers the built-in methods)
+import vfl_sim.methods  # noqa: F401  (registers the built-in methods and their parties' steps)
 from vfl_sim import __version__
 from vfl_sim.audits.base import AuditData, Auditor, ModelEmbeddings, get_auditor
 from vfl_sim.audits.certificate import Certification, certify_run
@@ -37,6 +37,8 @@ from vfl_sim.data.loaders import load_dataset
 from vfl_sim.data.partition import PartySlice, partition_features
 from vfl_sim.errors import ConfigError, RunFolderError, VflSimError, os_error_text
 from vfl_sim.forget import ORIGINAL, RETRAIN, ForgetKind
+from vfl_sim.methods.controls import Control, build_controls, is_reserved
+from vfl_sim.methods.registry import available_methods, build_method, get_method
 from vfl_sim.models.state import reset_parameters
 from vfl_sim.models.zoo import build_bottom, build_top, resolve_bottom_kind
 from vfl_sim.parties.build import local_transport, party_shapes
@@ -47,13 +49,11 @@ from vfl_sim.protocol import LocalOp
 from vfl_sim.report import SCHEMA_VERSION, write_markdown
 from vfl_sim.runfolder import RunFolderLock, check_out_dir, partial_dir, remove_folder, replace_folder, write_atomic
 from vfl_sim.seeding import derive_seed, seed_everything, torch_generator
-from vfl_sim.server.controls import Control, build_controls, is_reserved
 from vfl_sim.server.coordinator import UnlearningCoordinator, resolve_forget_request
 from vfl_sim.server.ledger import COMPLETED, LEDGER_FILE, RequestLedger
-from vfl_sim.server.methods.base import ForgetSet, UnlearningMethod
-from vfl_sim.server.methods.registry import available_methods, build_method, get_method
 from vfl_sim.server.relearning import default_attack_optim, default_head_optim, relearning_curves, relearning_split
 from vfl_sim.server.server import Server, count_batches
+from vfl_sim.server.unlearning import ForgetSet, UnlearningMethod
 from vfl_sim.transport import Transport
 
 log = logging.getLogger("vfl_sim")
