@@ -186,3 +186,12 @@ def test_a_folder_with_its_own_server_parties_and_audits_modules_runs_vfl_sim(tm
 def test_the_repository_root_links_each_role_folder_into_the_package(role: str) -> None:
     link = ROOT / role
     assert link.is_symlink() and link.resolve() == (PACKAGE / role).resolve()
+
+
+def test_every_module_that_builds_parties_registers_the_methods_party_steps() -> None:
+    # A party answers a method's LocalOp only if its process imported the method's module: the
+    # local run, each Ray actor and each Flower ClientApp import vfl_sim.methods themselves.
+    graph = _module_graph()
+    builders = sorted(m for m, deps in graph.items() if "vfl_sim.parties.build" in deps)
+    assert {"vfl_sim.experiment", "vfl_sim.runtimes.ray_runtime", "vfl_sim.runtimes.flower_app"} <= set(builders)
+    assert [m for m in builders if "vfl_sim.methods" not in graph[m]] == []
