@@ -3,7 +3,7 @@ not, and how often is it stable?
 
 For every dataset (digits, breast_cancer, wine, the planted synthetic set), request kind
 (class, samples, party) and seed, one full run from the shipped config with its built-in
-controls (:mod:`vfl_sim.server.controls`) and a few methods; from each ``report.json``:
+controls (:mod:`vfl_sim.methods.controls`) and a few methods; from each ``report.json``:
 
 - **false removal claims** of the controls that certainly did not remove anything: the
   negative control (``original`` for class and sample requests, ``cut_only`` for party

@@ -14,10 +14,10 @@ import pytest
 from tests.conftest import assert_close, small_config
 from tests.test_flower_app import InProcessGrid, _task_identity  # noqa: F401  (autouse: Flower's run id)
 from vfl_sim.experiment import prepare
+from vfl_sim.methods import available_methods, get_method
 from vfl_sim.parties.party import registered_ops
 from vfl_sim.runtimes import flower_app
 from vfl_sim.runtimes.flower_transport import FlowerTransport
-from vfl_sim.server.methods import available_methods, get_method
 
 REQUESTS = {
     "class": {"kind": "class", "classes": [1]},

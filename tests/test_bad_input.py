@@ -36,8 +36,8 @@ TINY = [
     "audit.plots=false",
 ]
 PLUGIN_DUP = (
-    "from vfl_sim.server.methods import register_method\n"
-    "from vfl_sim.server.methods.baselines import Finetune\n\n"
+    "from vfl_sim.methods import register_method\n"
+    "from vfl_sim.methods.baselines import Finetune\n\n"
     "@register_method('retrain')\n"
     "class Mine(Finetune):\n"
     "    pass\n"

@@ -14,9 +14,9 @@ from tests.conftest import small_config
 from vfl_sim.config import load_config
 from vfl_sim.errors import ConfigError
 from vfl_sim.experiment import prepare
-from vfl_sim.server.controls import CUT_ONLY, MASK_LOGIT, OUTPUT_MASK, calibration_name, is_reserved
-from vfl_sim.server.methods import UnlearningContext, UnlearningMethod, register_method
-from vfl_sim.server.methods.registry import METHODS
+from vfl_sim.methods import UnlearningContext, UnlearningMethod, register_method
+from vfl_sim.methods.controls import CUT_ONLY, MASK_LOGIT, OUTPUT_MASK, calibration_name, is_reserved
+from vfl_sim.methods.registry import METHODS
 
 
 class DoNothing(UnlearningMethod):

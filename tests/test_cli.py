@@ -296,15 +296,15 @@ def test_tiny_dataset_fails_cleanly_or_runs(tiny: Path, tmp_path: Path, capsys: 
 
 def test_readme_plugin_method_runs_from_yaml(tmp_path, monkeypatch) -> None:
     """The README's extension example: a user module listed under plugins adds a method."""
-    from vfl_sim.server.methods.registry import METHODS as METHOD_REGISTRY
+    from vfl_sim.methods.registry import METHODS as METHOD_REGISTRY
 
     (tmp_path / "mymethods_readme.py").write_text(
         "import torch.nn.functional as F\n"
-        "from vfl_sim.server.methods import PhaseParams, UnlearningContext, UnlearningMethod, register_method\n\n"
+        "from vfl_sim.methods import PhaseParams, UnlearningContext, UnlearningMethod, register_method\n\n"
         "class LabelFlipParams(PhaseParams):\n    epochs: int = 3\n\n"
         "@register_method('label_flip')\n"
-        "class LabelFlip(UnlearningMethod):\n"
-        "    Params = LabelFlipParams\n    supports = frozenset({'class'})\n\n"
+        "class LabelFlip(UnlearningMethod[LabelFlipParams]):\n"
+        "    supports = frozenset({'class'})\n\n"
         "    def unlearn(self, ctx: UnlearningContext) -> None:\n"
         "        def loss(logits, labels, ids):\n"
         "            return F.cross_entropy(logits, (labels + 1) % logits.shape[1])\n"

@@ -17,13 +17,13 @@ from tests.conftest import small_config
 from vfl_sim.config import ExperimentConfig
 from vfl_sim.experiment import prepare
 from vfl_sim.forget import ORIGINAL
+from vfl_sim.methods import build_method
 from vfl_sim.models.zoo import build_bottom, build_top
 from vfl_sim.parties.party import Party
 from vfl_sim.protocol import Reply, Request
 from vfl_sim.runtimes.flower_codec import decode_reply, decode_request, encode_reply, encode_request
 from vfl_sim.runtimes.flower_state import restore_party, save_party
 from vfl_sim.server.coordinator import UnlearningCoordinator
-from vfl_sim.server.methods import build_method
 from vfl_sim.server.server import Server
 from vfl_sim.transport import LocalTransport, Transport
 

@@ -8,6 +8,8 @@ repository root). Imports point downward only, at module level and inside functi
   progress) and ``vfl_sim.data``, ``vfl_sim.models``;
 - parties and audits: each on the core only (an auditor sees arrays, never a party);
 - server: the core only (it reaches the parties through a transport, never by import);
+- methods (``vfl_sim.methods``): the core, the parties and the server; each method's module
+  holds its server side and its parties' steps, which meet only over the transport;
 - applications: the experiment, report and plots, benchmarks, sweeps, runtimes and the CLI.
 """
 
@@ -31,14 +33,15 @@ ALLOWED = {
     "parties": {"core", "parties"},
     "audits": {"core", "audits"},
     "server": {"core", "server"},
-    "apps": {"core", "parties", "audits", "server", "apps"},
+    "methods": {"core", "parties", "server", "methods"},
+    "apps": {"core", "parties", "audits", "server", "methods", "apps"},
 }
 ROLES = ("server", "parties", "audits")
 
 
 def layer(module: str) -> str:
     parts = module.split(".")
-    if len(parts) > 1 and parts[1] in ROLES:
+    if len(parts) > 1 and parts[1] in (*ROLES, "methods"):
         return parts[1]
     if len(parts) > 1 and parts[1] in APPS:
         return "apps"
@@ -185,3 +188,12 @@ def test_a_folder_with_its_own_server_parties_and_audits_modules_runs_vfl_sim(tm
 def test_the_repository_root_links_each_role_folder_into_the_package(role: str) -> None:
     link = ROOT / role
     assert link.is_symlink() and link.resolve() == (PACKAGE / role).resolve()
+
+
+def test_every_module_that_builds_parties_registers_the_methods_party_steps() -> None:
+    # A party answers a method's LocalOp only if its process imported the method's module: the
+    # local run, each Ray actor and each Flower ClientApp import vfl_sim.methods themselves.
+    graph = _module_graph()
+    builders = sorted(m for m, deps in graph.items() if "vfl_sim.parties.build" in deps)
+    assert {"vfl_sim.experiment.spec", "vfl_sim.runtimes.ray_runtime", "vfl_sim.runtimes.flower_app"} <= set(builders)
+    assert [m for m in builders if "vfl_sim.methods" not in graph[m]] == []

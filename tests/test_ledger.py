@@ -71,8 +71,8 @@ def test_a_torn_last_line_is_ignored_then_cut_off(tmp_path: Path) -> None:
 
 PLUGIN = '''
 import os, signal
-from vfl_sim.server.methods import register_method
-from vfl_sim.server.methods.baselines import Finetune
+from vfl_sim.methods import register_method
+from vfl_sim.methods.baselines import Finetune
 
 
 @register_method("finetune_or_die")

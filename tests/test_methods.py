@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import get_args, get_origin
+
 import pytest
 import torch
 
@@ -9,15 +11,17 @@ from tests.conftest import embedded_ids, record_requests, trained
 from vfl_sim.errors import ConfigError, RegistryError
 from vfl_sim.experiment import Experiment
 from vfl_sim.forget import ORIGINAL
-from vfl_sim.server.coordinator import UnlearningCoordinator
-from vfl_sim.server.methods import (
+from vfl_sim.methods import (
     MethodParams,
     UnlearningContext,
     UnlearningMethod,
+    available_methods,
     build_method,
+    get_method,
     register_method,
 )
-from vfl_sim.server.methods.registry import METHODS
+from vfl_sim.methods.registry import METHODS
+from vfl_sim.server.coordinator import UnlearningCoordinator
 from vfl_sim.server.server import Server
 
 
@@ -126,3 +130,49 @@ def test_unknown_method_lists_available() -> None:
 def test_bad_method_params() -> None:
     with pytest.raises(ConfigError, match=r"methods.finetune.params.lr"):
         build_method("finetune", {"lr": -1}, "class")
+
+
+class _Factor(MethodParams):
+    factor: float = 0.5
+
+
+class _Sub(_Factor):
+    extra: int = 1
+
+
+def test_the_params_class_comes_from_the_generic_argument() -> None:
+    class Typed(UnlearningMethod[_Factor]):
+        def unlearn(self, ctx: UnlearningContext) -> None:
+            pass
+
+    class Narrower(Typed):  # a subclass may narrow Params explicitly; its own subclasses keep it
+        Params = _Sub
+
+    class Inherits(Narrower):
+        pass
+
+    assert Typed.Params is _Factor and isinstance(Typed().params, _Factor)
+    assert Typed(_Factor(factor=0.25)).params.factor == 0.25
+    assert Narrower.Params is _Sub and Inherits.Params is _Sub and isinstance(Inherits().params, _Sub)
+
+
+def test_a_params_class_that_contradicts_the_generic_argument_is_refused() -> None:
+    class Other(MethodParams):
+        pass
+
+    with pytest.raises(TypeError, match=r"Params is Other, but the class is an UnlearningMethod\[_Factor\]"):
+
+        class Wrong(UnlearningMethod[_Factor]):
+            Params = Other
+
+            def unlearn(self, ctx: UnlearningContext) -> None:
+                pass
+
+
+def test_every_built_in_method_declares_its_params_as_the_generic_argument() -> None:
+    # the base types self.params from the argument, so no method needs an isinstance assert
+    for name in available_methods():
+        method = get_method(name)
+        if method.__module__.startswith("vfl_sim.methods."):
+            declared = [get_args(b) for b in method.__orig_bases__ if get_origin(b) is UnlearningMethod]
+            assert declared == [(method.Params,)], name

@@ -8,13 +8,13 @@ import torch.nn.functional as F
 from tests.conftest import record_requests, trained
 from vfl_sim.experiment import Experiment
 from vfl_sim.forget import ORIGINAL
+from vfl_sim.methods import build_method
+from vfl_sim.methods.cmf import class_mean_weights
+from vfl_sim.methods.mixup import pair_mix
+from vfl_sim.methods.scrub import Scrub, distill_kl
 from vfl_sim.models.top import fuse
 from vfl_sim.protocol import Backward, Embed, LocalOp
 from vfl_sim.server.coordinator import UnlearningCoordinator
-from vfl_sim.server.methods import build_method
-from vfl_sim.server.methods.cmf import class_mean_weights
-from vfl_sim.server.methods.mixup import pair_mix
-from vfl_sim.server.methods.scrub import Scrub, distill_kl
 from vfl_sim.server.server import Server, count_batches
 
 
@@ -213,7 +213,7 @@ def test_few_shot_mixup_uses_only_the_few_shots(digits_experiment: Experiment) -
 
 
 def test_few_shot_mixup_mixes_pairs_with_the_configured_lambdas(digits_experiment: Experiment, monkeypatch) -> None:
-    from vfl_sim.server.methods import mixup
+    from vfl_sim.methods import mixup
 
     exp = digits_experiment
     server, coordinator = _trained(exp)

@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from tests.conftest import record_requests, trained
 from vfl_sim.experiment import Experiment
 from vfl_sim.forget import ORIGINAL
+from vfl_sim.methods import build_method
+from vfl_sim.methods.importance import accumulate_statistics
+from vfl_sim.methods.saliency import SalUn, global_threshold
 from vfl_sim.models.importance import fisher_variance, l1_gamma, ssd_dampen_
 from vfl_sim.models.top import fuse
 from vfl_sim.protocol import LocalOp
 from vfl_sim.server.coordinator import UnlearningCoordinator
-from vfl_sim.server.methods import build_method
-from vfl_sim.server.methods.importance import accumulate_statistics
-from vfl_sim.server.methods.saliency import SalUn, global_threshold
 from vfl_sim.server.server import Server
 
 

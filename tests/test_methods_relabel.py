@@ -11,13 +11,13 @@ from tests.conftest import record_requests, trained
 from vfl_sim.errors import ConfigError
 from vfl_sim.experiment import Experiment
 from vfl_sim.forget import ORIGINAL
+from vfl_sim.methods import build_method
+from vfl_sim.methods import relabel as relabel_module
+from vfl_sim.methods.boundary import adversarial_labels
+from vfl_sim.methods.relabel import neggrad_plus_loss, random_wrong_labels
 from vfl_sim.models.top import fuse
 from vfl_sim.protocol import Backward, Embed, LocalOp
 from vfl_sim.server.coordinator import UnlearningCoordinator
-from vfl_sim.server.methods import build_method
-from vfl_sim.server.methods import relabel as relabel_module
-from vfl_sim.server.methods.boundary import adversarial_labels
-from vfl_sim.server.methods.relabel import neggrad_plus_loss, random_wrong_labels
 from vfl_sim.server.server import Server
 
 METHODS = ["neggrad_plus", "random_label", "boundary_shrink", "boundary_expand"]

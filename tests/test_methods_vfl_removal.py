@@ -9,14 +9,14 @@ import torch
 import torch.nn.functional as F
 from conftest import small_config
 
-import vfl_sim.server.methods.vfl_removal as vr
+import vfl_sim.methods.vfl_removal as vr
 from tests.conftest import trained
 from vfl_sim.experiment import Experiment, prepare
 from vfl_sim.forget import ORIGINAL
-from vfl_sim.parties.methods.vfl_removal import project_conflicting
+from vfl_sim.methods import build_method
+from vfl_sim.methods.vfl_removal import project_conflicting
 from vfl_sim.protocol import Ack, Backward, Embed, LocalOp
 from vfl_sim.server.coordinator import UnlearningCoordinator
-from vfl_sim.server.methods import build_method
 from vfl_sim.server.server import Server
 
 PARTY = {"kind": "party", "party": "party_1"}

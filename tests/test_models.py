@@ -14,11 +14,11 @@ from vfl_sim.config import ModelConfig
 from vfl_sim.errors import ConfigError
 from vfl_sim.experiment import prepare
 from vfl_sim.forget import ORIGINAL
+from vfl_sim.methods import build_method
 from vfl_sim.models.bottoms import BottomModel
 from vfl_sim.models.zoo import build_bottom, build_top
 from vfl_sim.parties.party import Party
 from vfl_sim.protocol import Embed, LocalOp
-from vfl_sim.server.methods import build_method
 
 BottomKind = Literal["auto", "mlp", "cnn", "mirage"]
 

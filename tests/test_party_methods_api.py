@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -9,7 +11,7 @@ import torch
 from tests.conftest import small_config
 from vfl_sim.experiment import prepare
 from vfl_sim.parties.build import build_party
-from vfl_sim.parties.party import Party, grad_hook, party_op
+from vfl_sim.parties.party import Party, PartyFunction, grad_hook, party_op
 from vfl_sim.protocol import Ack, Backward, Embed, LocalOp
 
 
@@ -86,3 +88,38 @@ def test_unknown_grad_hook_is_refused_at_configure() -> None:
 
     with pytest.raises(KeyError, match="unknown gradient hook 'nope'"):
         _party().handle(LocalOp("configure", {"optim": {}, "grad_hook": "nope"}))
+
+
+def test_a_registered_step_carries_its_name_and_calls_through() -> None:
+    assert isinstance(_scale_embedding, PartyFunction) and _scale_embedding.name == "test_scale_embedding"
+    assert isinstance(_sq_grads, PartyFunction) and _sq_grads.name == "test_sq_grads"
+    party = _party()
+    direct = _scale_embedding(party, torch.arange(3), 3.0)
+    assert direct is not None and direct["n"] == 3
+    import pytest
+
+    with pytest.raises(ValueError, match="party operation 'test_scale_embedding' is already registered"):
+        party_op("test_scale_embedding")(lambda party: None)
+
+
+METHODS_DIR = Path(__file__).resolve().parent.parent / "vfl_sim" / "methods"
+
+
+def test_the_methods_call_their_party_steps_by_the_step_never_by_a_repeated_string() -> None:
+    # The name is written once, in @party_op / @grad_hook; the server side uses `step.name`.
+    literal = []
+    for path in sorted(METHODS_DIR.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            # server.party_op(...) / server.party_call(...) / LocalOp(...), not the @party_op(...) itself
+            by_name = (isinstance(node.func, ast.Attribute) and node.func.attr in ("party_op", "party_call")) or (
+                isinstance(node.func, ast.Name) and node.func.id == "LocalOp"
+            )
+            named = node.args[0] if by_name and node.args else None
+            hook = next((k.value for k in node.keywords if k.arg == "party_hook"), None)
+            if isinstance(hook, ast.Tuple) and hook.elts:
+                named = hook.elts[0]
+            if isinstance(named, ast.Constant) and isinstance(named.value, str):
+                literal.append(f"{path.name}:{node.lineno}: {named.value!r}")
+    assert literal == []

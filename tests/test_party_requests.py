@@ -9,8 +9,8 @@ from tests.conftest import embedded_ids, record_requests, small_config, trained
 from vfl_sim.errors import ConfigError
 from vfl_sim.experiment import Experiment, prepare
 from vfl_sim.forget import ORIGINAL
+from vfl_sim.methods import UnlearningContext, UnlearningMethod, build_method
 from vfl_sim.protocol import Embed
-from vfl_sim.server.methods import UnlearningContext, UnlearningMethod, build_method
 
 
 def _trained(forget: dict, parties: int = 3):

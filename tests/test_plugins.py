@@ -12,13 +12,13 @@ import pytest
 
 from vfl_sim.config import load_config
 from vfl_sim.errors import ConfigError
+from vfl_sim.methods.registry import METHODS
 from vfl_sim.plugins import import_plugins, plugin_module, resolve_plugins
-from vfl_sim.server.methods.registry import METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
 
 METHOD = """
-from vfl_sim.server.methods import UnlearningContext, UnlearningMethod, register_method
+from vfl_sim.methods import UnlearningContext, UnlearningMethod, register_method
 
 
 @register_method("{name}")
@@ -32,7 +32,7 @@ class Mine(UnlearningMethod):
 """
 
 ABSTRACT = """
-from vfl_sim.server.methods import UnlearningMethod, register_method
+from vfl_sim.methods import UnlearningMethod, register_method
 
 
 @register_method("plugin_test_abstract")
@@ -41,7 +41,7 @@ class Forgetful(UnlearningMethod):
 """
 
 NOT_A_METHOD = """
-from vfl_sim.server.methods import register_method
+from vfl_sim.methods import register_method
 
 
 @register_method("plugin_test_not_a_method")

@@ -21,10 +21,10 @@ from vfl_sim.audits.relearning import (
 from vfl_sim.config import ForgetConfig, RelearningConfig
 from vfl_sim.experiment import Experiment, prepare
 from vfl_sim.forget import ORIGINAL
+from vfl_sim.methods import build_method
 from vfl_sim.protocol import Backward, Embed
 from vfl_sim.seeding import derive_seed
 from vfl_sim.server.coordinator import UnlearningCoordinator, resolve_forget_request
-from vfl_sim.server.methods import build_method
 from vfl_sim.server.relearning import (
     DEFAULT_HEAD_STEPS,
     PHASES,

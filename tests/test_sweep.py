@@ -387,7 +387,7 @@ def test_rerun_skips_finished_cells(
 PLUGIN_CODE = f'''
 import os
 
-from vfl_sim.server.methods import PhaseParams, UnlearningContext, UnlearningMethod, register_method
+from vfl_sim.methods import PhaseParams, UnlearningContext, UnlearningMethod, register_method
 
 
 @register_method("sweep_test_explode")
@@ -405,7 +405,7 @@ class Explode(UnlearningMethod):
 def plugin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A folder with a plugin method that raises at run time while ``EXPLODE=1``, as the
     working directory (plugins are imported from there, in the driver and in Ray's workers)."""
-    from vfl_sim.server.methods.registry import METHODS
+    from vfl_sim.methods.registry import METHODS
 
     (tmp_path / f"{PLUGIN}.py").write_text(PLUGIN_CODE)
     monkeypatch.chdir(tmp_path)

@@ -336,8 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 console.print(f"audited again in {report['audit']['runtime_s']:.2f}s: {args.run_dir}/report.json")
             return 0
         if args.command == "methods":
+            from vfl_sim.methods import available_methods, get_method
             from vfl_sim.plugins import import_plugins, resolve_plugins
-            from vfl_sim.server.methods import available_methods, get_method
 
             built_in = set(available_methods())
             import_plugins(resolve_plugins(args.plugins))

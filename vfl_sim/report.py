@@ -335,7 +335,7 @@ def write_markdown(report: dict[str, Any]) -> str:
             "",
             markdown_table(header, rows),
             "",
-            "Controls (built in; see `vfl_sim.server.controls`): a verdict counts only where its controls fail it.",
+            "Controls (built in; see `vfl_sim.methods.controls`): a verdict counts only where its controls fail it.",
             "",
             *power_lines(report),
             "",

@@ -35,7 +35,7 @@ fails its verdict like any check, but when undecided it leaves the verdict to th
 Its *minimum detectable effect* is ``t`` plus the interval's half width: a true deviation
 that large fails the check whatever the split noise.
 
-**Tolerances.** With calibration retrains (:mod:`vfl_sim.server.controls`, ``audit.calibration``),
+**Tolerances.** With calibration retrains (:mod:`vfl_sim.methods.controls`, ``audit.calibration``),
 the tolerance of a check is the ``quantile`` (``method="higher"``: with two retrains, the
 larger) of the calibration retrains' ``d_hi``, that is of the spread of models that never saw
 the data, never below the floor in ``audit.certificate``; without them the floors apply. The

@@ -8,7 +8,7 @@ from pathlib import Path
 from vfl_sim.config import ExperimentConfig, dump_config, load_config
 from vfl_sim.errors import ConfigError, VflSimError
 from vfl_sim.server.ledger import COMPLETED, LEDGER_FILE, RequestLedger
-from vfl_sim.server.methods.base import ForgetSet, UnlearningMethod
+from vfl_sim.server.unlearning import ForgetSet, UnlearningMethod
 
 
 def check_same_config(cfg: ExperimentConfig, folder: Path) -> None:

@@ -11,6 +11,7 @@ import os
 
 import torch
 
+import vfl_sim.methods  # noqa: F401  (registers the built-in methods and their parties' steps)
 from vfl_sim.config import ALL_METHODS, ExperimentConfig, MethodSpec
 from vfl_sim.data.loaders import load_dataset
 from vfl_sim.data.partition import partition_features
@@ -19,13 +20,13 @@ from vfl_sim.experiment.checkpoints import error_reason
 from vfl_sim.experiment.compute import resolve_device
 from vfl_sim.experiment.core import Experiment
 from vfl_sim.forget import RETRAIN
+from vfl_sim.methods.controls import build_controls, is_reserved
+from vfl_sim.methods.registry import available_methods, build_method, get_method
 from vfl_sim.models.zoo import build_bottom, build_top, resolve_bottom_kind
 from vfl_sim.parties.build import party_shapes
 from vfl_sim.plugins import import_plugins
 from vfl_sim.seeding import derive_seed
-from vfl_sim.server.controls import build_controls, is_reserved
 from vfl_sim.server.coordinator import resolve_forget_request
-from vfl_sim.server.methods.registry import available_methods, build_method, get_method
 
 
 def physical_memory() -> int | None:

@@ -6,16 +6,17 @@ from dataclasses import dataclass, field
 
 import torch
 
+import vfl_sim.methods  # noqa: F401  (in-process parties answer the built-in methods' party steps)
 from vfl_sim.config import ExperimentConfig
 from vfl_sim.data.dataset import VflDataset
 from vfl_sim.data.partition import PartySlice
+from vfl_sim.methods.controls import Control
 from vfl_sim.models.state import reset_parameters
 from vfl_sim.models.zoo import build_top
 from vfl_sim.parties.build import local_transport
 from vfl_sim.seeding import derive_seed
-from vfl_sim.server.controls import Control
-from vfl_sim.server.methods.base import ForgetSet, UnlearningMethod
 from vfl_sim.server.server import Server
+from vfl_sim.server.unlearning import ForgetSet, UnlearningMethod
 from vfl_sim.transport import Transport
 
 
@@ -59,7 +60,7 @@ class ExperimentSpec:
 
     @property
     def all_methods(self) -> list[UnlearningMethod]:
-        """The configured methods, then the built-in controls (:mod:`vfl_sim.server.controls`)."""
+        """The configured methods, then the built-in controls (:mod:`vfl_sim.methods.controls`)."""
         return [*self.methods, *(c.method for c in self.controls)]
 
     @property

@@ -15,8 +15,8 @@ from vfl_sim.forget import ORIGINAL
 from vfl_sim.progress import ProgressReporter
 from vfl_sim.seeding import derive_seed, torch_generator
 from vfl_sim.server.coordinator import UnlearningCoordinator
-from vfl_sim.server.methods.base import UnlearningMethod
 from vfl_sim.server.server import Server, count_batches
+from vfl_sim.server.unlearning import UnlearningMethod
 
 log = logging.getLogger("vfl_sim")
 

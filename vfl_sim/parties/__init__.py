@@ -1,6 +1,9 @@
-"""The passive-party role: a feature slice, a bottom model, and answers to protocol requests."""
+"""The passive-party role: a feature slice, a bottom model, and answers to protocol requests.
 
-from vfl_sim.parties import methods as _methods  # noqa: F401  (registers the built-in party-side steps)
-from vfl_sim.parties.party import Party, grad_hook, party_op, registered_ops
+The party-side steps of unlearning methods live with their methods (:mod:`vfl_sim.methods`);
+a process that hosts parties imports that package (or a plugin) to register them.
+"""
 
-__all__ = ["Party", "grad_hook", "party_op", "registered_ops"]
+from vfl_sim.parties.party import Party, PartyFunction, grad_hook, party_op, registered_ops
+
+__all__ = ["Party", "PartyFunction", "grad_hook", "party_op", "registered_ops"]

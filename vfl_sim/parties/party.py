@@ -5,8 +5,10 @@ A party never sees labels or other parties' features. It answers three kinds of 
 gradient of the loss with respect to its last embedding and step its optimizer, once or, with
 FedBCD local updates, ``local_steps`` times) and
 ``LocalOp`` (named party-side operations: optimizer set-up, state snapshots, resets and the
-party's side of unlearning methods). Party-side operations are plain functions registered with
-:func:`party_op`, so a method's local step is added without touching this class.
+party's side of unlearning methods). Party-side operations are functions registered with
+:func:`party_op`, so a method's local step is added without touching this class; a method
+declares its steps in its own module (:mod:`vfl_sim.methods`), which every process that hosts
+parties imports.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, ParamSpec, TypeVar
 
 import torch
 
@@ -33,18 +35,50 @@ from vfl_sim.optim import (
 from vfl_sim.protocol import Ack, Backward, Embed, EmbedReply, LocalOp, Reply, Request
 from vfl_sim.seeding import derive_seed
 
-PartyOp = Callable[..., dict[str, Any] | None]
-_OPS: dict[str, PartyOp] = {}
+OpFn = Callable[..., dict[str, Any] | None]
+HookFn = Callable[..., None]
+_OPS: dict[str, OpFn] = {}
+_GRAD_HOOKS: dict[str, HookFn] = {}
+
+Args = ParamSpec("Args")
+R = TypeVar("R", covariant=True)
 
 
-def party_op(name: str) -> Callable[[PartyOp], PartyOp]:
-    """Register ``fn(party, **args) -> dict | None`` as the party-side operation ``name``."""
+class PartyFunction(Generic[Args, R]):
+    """A registered party-side function (an operation or a gradient hook) and ``name``, the
+    name the server sends it by. Calling it calls the function.
 
-    def wrap(fn: PartyOp) -> PartyOp:
+    The server reaches the party only through the transport, by name; a method refers to
+    its own step as ``step.name``, so the name is written once, where the step is registered.
+    """
+
+    def __init__(self, name: str, fn: Callable[Args, R]) -> None:
+        self.name = name
+        self.fn = fn
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: Args.args, **kwargs: Args.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<party function '{self.name}'>"
+
+
+def party_op(
+    name: str,
+) -> Callable[[Callable[Args, dict[str, Any] | None]], PartyFunction[Args, dict[str, Any] | None]]:
+    """Register ``fn(party, **args) -> dict | None`` as the party-side operation ``name``.
+
+    The decorated name is a :class:`PartyFunction`: the server side calls the operation with
+    ``server.party_op(fn.name, ...)`` or ``server.party_call(fn.name, ...)``.
+    """
+
+    def wrap(fn: Callable[Args, dict[str, Any] | None]) -> PartyFunction[Args, dict[str, Any] | None]:
         if name in _OPS and _OPS[name] is not fn:
             raise ValueError(f"party operation '{name}' is already registered")
         _OPS[name] = fn
-        return fn
+        return PartyFunction(name, fn)
 
     return wrap
 
@@ -53,25 +87,22 @@ def registered_ops() -> list[str]:
     return sorted(_OPS)
 
 
-GradHook = Callable[..., None]
-_GRAD_HOOKS: dict[str, GradHook] = {}
-
-
-def grad_hook(name: str) -> Callable[[GradHook], GradHook]:
+def grad_hook(name: str) -> Callable[[Callable[Args, None]], PartyFunction[Args, None]]:
     """Register ``fn(party, stepping, **args)`` as the gradient hook ``name``.
 
     A phase configured with ``grad_hook=name`` calls it after every back-propagation, with the
     bottom model's gradients in ``.grad``, before the optimizer step (``stepping`` is False for
     a ``Backward`` with ``step=False``). Methods use it to mask or regularize the party's update
     (a saliency mask, an L1 subgradient) or to accumulate statistics of its gradients
-    (importances) in :attr:`Party.buffers`, without a further round trip.
+    (importances) in :attr:`Party.buffers`, without a further round trip. The server side
+    names it as ``server.configure(..., party_hook=(fn.name, args))``.
     """
 
-    def wrap(fn: GradHook) -> GradHook:
+    def wrap(fn: Callable[Args, None]) -> PartyFunction[Args, None]:
         if name in _GRAD_HOOKS and _GRAD_HOOKS[name] is not fn:
             raise ValueError(f"gradient hook '{name}' is already registered")
         _GRAD_HOOKS[name] = fn
-        return fn
+        return PartyFunction(name, fn)
 
     return wrap
 

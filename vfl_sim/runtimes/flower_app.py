@@ -31,6 +31,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+import vfl_sim.methods  # noqa: F401  (the built-in methods' party-side steps, in each ClientApp's process)
 from vfl_sim import __version__
 from vfl_sim.config import ExperimentConfig, config_from_dict
 from vfl_sim.data.loaders import load_dataset

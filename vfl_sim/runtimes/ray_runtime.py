@@ -35,6 +35,7 @@ import ray
 import torch
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
+import vfl_sim.methods  # noqa: F401  (the built-in methods' party-side steps, in each actor's process)
 from vfl_sim.config import ExperimentConfig, config_from_dict
 from vfl_sim.data.dataset import VflDataset
 from vfl_sim.data.partition import PartySlice

@@ -25,8 +25,8 @@ from vfl_sim.errors import ForgetRequestError
 from vfl_sim.forget import ORIGINAL, ForgetKind
 from vfl_sim.protocol import LocalOp
 from vfl_sim.seeding import derive_seed, torch_generator
-from vfl_sim.server.methods.base import ForgetSet, UnlearningContext, UnlearningMethod
 from vfl_sim.server.server import Server
+from vfl_sim.server.unlearning import ForgetSet, UnlearningContext, UnlearningMethod
 from vfl_sim.transport import CommStats
 
 

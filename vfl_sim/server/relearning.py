@@ -84,8 +84,8 @@ from vfl_sim.config import OptimConfig
 from vfl_sim.forget import ForgetKind
 from vfl_sim.optim import build_optimizer, build_scheduler, clear_grads
 from vfl_sim.seeding import derive_seed
-from vfl_sim.server.methods.base import ForgetSet
 from vfl_sim.server.server import Server
+from vfl_sim.server.unlearning import ForgetSet
 
 DEFAULT_PER_CLASS = 8
 """Labeled training samples per class (forgotten and retained) in the attack set."""
@@ -124,7 +124,7 @@ layer re-fitted from scratch by the server alone (a head reset)."""
 
 def default_attack_optim() -> OptimConfig:
     """The attacker's optimizer: the fine-tuning recipe of the methods (SGD, lr 0.01, momentum
-    0.9, weight decay 5e-4, as :class:`vfl_sim.server.methods.baselines.Finetune`) without a schedule,
+    0.9, weight decay 5e-4, as :class:`vfl_sim.methods.baselines.Finetune`) without a schedule,
     so every one of the few steps is a full step."""
     return OptimConfig(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="constant")
 

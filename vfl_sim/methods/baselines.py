@@ -7,13 +7,13 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from vfl_sim.forget import ForgetKind
-from vfl_sim.server.methods.base import (
+from vfl_sim.methods.registry import register_method
+from vfl_sim.server.unlearning import (
     MethodParams,
     PhaseParams,
     UnlearningContext,
     UnlearningMethod,
 )
-from vfl_sim.server.methods.registry import register_method
 
 
 class RetrainParams(MethodParams):
@@ -21,7 +21,7 @@ class RetrainParams(MethodParams):
 
 
 @register_method("retrain")
-class Retrain(UnlearningMethod):
+class Retrain(UnlearningMethod[RetrainParams]):
     """Exact unlearning: train from the original initialization on the retained data only.
 
     The gold standard every audit compares against (Cao and Yang, "Towards Making Systems
@@ -31,11 +31,9 @@ class Retrain(UnlearningMethod):
     the start, as the coordinator has cut them off before the method runs.
     """
 
-    Params = RetrainParams
     supports = frozenset({ForgetKind.CLASS, ForgetKind.SAMPLES, ForgetKind.PARTY, ForgetKind.FEATURES})
 
     def unlearn(self, ctx: UnlearningContext) -> None:
-        assert isinstance(self.params, RetrainParams)
         ctx.server.reset(ctx.top_seed)
         ctx.server.train_epochs(
             ctx.forget.retain_ids,
@@ -47,7 +45,6 @@ class Retrain(UnlearningMethod):
         )
 
     def estimated_steps(self, ctx: UnlearningContext) -> int:
-        assert isinstance(self.params, RetrainParams)
         return ctx.steps(ctx.forget.retain_ids, self.params.epochs or ctx.train.epochs)
 
 
@@ -61,7 +58,7 @@ class FinetuneParams(PhaseParams):
 
 
 @register_method("finetune")
-class Finetune(UnlearningMethod):
+class Finetune(UnlearningMethod[FinetuneParams]):
     """Fine-tuning (FT) on the retained data, relying on catastrophic forgetting.
 
     The standard baseline of Warnecke et al. ("Machine Unlearning of Features and Labels",
@@ -78,17 +75,14 @@ class Finetune(UnlearningMethod):
     2604.08271): the audits' canonical example of suppression without removal.
     """
 
-    Params = FinetuneParams
     supports = frozenset({ForgetKind.CLASS, ForgetKind.SAMPLES, ForgetKind.PARTY, ForgetKind.FEATURES})
 
     def unlearn(self, ctx: UnlearningContext) -> None:
-        assert isinstance(self.params, FinetuneParams)
         if self.params.reset_top:
             ctx.server.reset_top(ctx.top_seed)
         ctx.phase(self.params, ctx.forget.retain_ids, update_parties=not self.params.freeze_bottoms)
 
     def estimated_steps(self, ctx: UnlearningContext) -> int:
-        assert isinstance(self.params, PhaseParams)
         return ctx.steps(ctx.forget.retain_ids, self.params.epochs, self.params.batch_size)
 
 
@@ -102,7 +96,7 @@ def _ascent(logits: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> to
 
 
 @register_method("neggrad")
-class NegGrad(UnlearningMethod):
+class NegGrad(UnlearningMethod[NegGradParams]):
     """Gradient ascent (NegGrad) on the forget set.
 
     Maximizes the cross-entropy of the forget samples (Golatkar et al., "Eternal Sunshine of
@@ -111,12 +105,8 @@ class NegGrad(UnlearningMethod):
     so ascent runs through all bottom models as well as the top model.
     """
 
-    Params = NegGradParams
-
     def unlearn(self, ctx: UnlearningContext) -> None:
-        assert isinstance(self.params, PhaseParams)
         ctx.phase(self.params, ctx.forget.forget_ids, loss_fn=_ascent)
 
     def estimated_steps(self, ctx: UnlearningContext) -> int:
-        assert isinstance(self.params, PhaseParams)
         return ctx.steps(ctx.forget.forget_ids, self.params.epochs, self.params.batch_size)

@@ -30,13 +30,13 @@ reserved: a method label may not take one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from vfl_sim.forget import ORIGINAL, RETRAIN, ForgetKind
-from vfl_sim.server.methods.base import UnlearningContext, UnlearningMethod
-from vfl_sim.server.methods.baselines import Retrain, RetrainParams
+from vfl_sim.methods.baselines import Retrain
+from vfl_sim.server.unlearning import MethodParams, UnlearningContext, UnlearningMethod
 
 CUT_ONLY = "cut_only"
 OUTPUT_MASK = "output_mask"
@@ -60,7 +60,7 @@ def is_reserved(name: str) -> bool:
     return suffix != name and suffix.isdigit()
 
 
-class CutOnly(UnlearningMethod):
+class CutOnly(UnlearningMethod[MethodParams]):
     """The negative control of party and feature requests: the coordinator's cut, nothing more."""
 
     name = CUT_ONLY
@@ -70,7 +70,7 @@ class CutOnly(UnlearningMethod):
         """Nothing: the coordinator cut the party (or columns) off before the method started."""
 
 
-class OutputMask(UnlearningMethod):
+class OutputMask(UnlearningMethod[MethodParams]):
     """The known-suppression control of class requests: mask the forgotten classes' rows of the
     top model's classifier (weights 0, bias :data:`MASK_LOGIT`) and change nothing else."""
 
@@ -93,7 +93,6 @@ class CalibrationRetrain(Retrain):
     name = RETRAIN
 
     def unlearn(self, ctx: UnlearningContext) -> None:
-        assert isinstance(self.params, RetrainParams)
         # ctx.seed is derived from this model's label, so every calibration retrain differs from
         # retrain (which starts from the original's initialization) and from the others.
         ctx.server.reset(ctx.seed, party_seed=ctx.seed)
@@ -111,11 +110,11 @@ class CalibrationRetrain(Retrain):
 class Control:
     """A control model to run: its method (whose ``label`` names the model) and its role."""
 
-    method: UnlearningMethod
+    method: UnlearningMethod[Any]
     role: ControlRole
 
 
-def build_controls(kind: str, *, calibration_retrains: int, retrain: UnlearningMethod | None) -> list[Control]:
+def build_controls(kind: str, *, calibration_retrains: int, retrain: UnlearningMethod[Any] | None) -> list[Control]:
     """The controls of a request of ``kind``.
 
     ``retrain`` is the run's retrain method (its params are copied into the calibration

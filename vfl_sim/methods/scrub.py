@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from vfl_sim.config import OptimConfig
-from vfl_sim.server.methods.base import MethodParams, UnlearningContext, UnlearningMethod
-from vfl_sim.server.methods.registry import register_method
+from vfl_sim.methods.registry import register_method
 from vfl_sim.server.server import Server, count_batches, make_batches
+from vfl_sim.server.unlearning import MethodParams, UnlearningContext, UnlearningMethod
 
 
 class ScrubParams(MethodParams):
@@ -60,7 +60,7 @@ def teacher_logits(server: Server, ids: torch.Tensor) -> torch.Tensor:
 
 
 @register_method("scrub")
-class Scrub(UnlearningMethod):
+class Scrub(UnlearningMethod[ScrubParams]):
     """SCRUB (Kurmanji, Triantafillou, Hayes, Triantafillou, "Towards Unbounded Machine
     Unlearning", NeurIPS 2023).
 
@@ -86,11 +86,8 @@ class Scrub(UnlearningMethod):
     Larger rates (1e-2) make the unbounded max-step KL diverge.
     """
 
-    Params = ScrubParams
-
     def unlearn(self, ctx: UnlearningContext) -> None:
         p = self.params
-        assert isinstance(p, ScrubParams)
         server = ctx.server
         forget, retain = ctx.forget.forget_ids, ctx.forget.retain_ids
         teacher = teacher_logits(server, torch.cat([forget, retain]))
@@ -122,7 +119,6 @@ class Scrub(UnlearningMethod):
     ]:
         """The max-step loss (negated forget-set KL) and the min-step loss on retained data."""
         p = self.params
-        assert isinstance(p, ScrubParams)
 
         def max_step(logits: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
             return -distill_kl(logits, teacher[ids.to(logits.device)], p.kd_T)
@@ -135,7 +131,6 @@ class Scrub(UnlearningMethod):
 
     def estimated_steps(self, ctx: UnlearningContext) -> int:
         p = self.params
-        assert isinstance(p, ScrubParams)
         min_bs = p.batch_size or ctx.train.batch_size
         max_bs = p.forget_batch_size or ctx.train.batch_size
         return p.epochs * count_batches(ctx.forget.retain_ids.numel(), min_bs) + min(

@@ -8,12 +8,12 @@ from pydantic import Field
 
 from vfl_sim.config import OptimConfig
 from vfl_sim.forget import ForgetKind
+from vfl_sim.methods.registry import register_method
 from vfl_sim.models.top import fuse
 from vfl_sim.optim import clear_grads
 from vfl_sim.protocol import Backward, Embed, EmbedReply, Reply
-from vfl_sim.server.methods.base import MethodParams, UnlearningContext, UnlearningMethod
-from vfl_sim.server.methods.registry import register_method
 from vfl_sim.server.server import Server, count_batches, make_batches
+from vfl_sim.server.unlearning import MethodParams, UnlearningContext, UnlearningMethod
 
 
 class FewShotMixupParams(MethodParams):
@@ -51,7 +51,7 @@ def pair_mix(n: int, lambdas: list[float]) -> tuple[torch.Tensor, torch.Tensor, 
 
 
 @register_method("few_shot_mixup")
-class FewShotMixup(UnlearningMethod):
+class FewShotMixup(UnlearningMethod[FewShotMixupParams]):
     """Few-shot label unlearning in VFL by manifold mixup (Gu, Tae, Fan, Chan, "Towards
     Privacy-Guaranteed Label Unlearning in Vertical Federated Learning: Few-Shot Forgetting
     without Disclosure", ICLR 2026, arXiv 2410.10922).
@@ -86,14 +86,12 @@ class FewShotMixup(UnlearningMethod):
     embeddings; labels and the mixing stay at the server.
     """
 
-    Params = FewShotMixupParams
     supports = frozenset({ForgetKind.CLASS})
 
     def select(self, ctx: UnlearningContext) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The few-shot forget ids (one tensor per forgotten class) and retained ids, drawn with
         the method's generator."""
         p = self.params
-        assert isinstance(p, FewShotMixupParams)
         labels = ctx.server.labels.cpu()
         forget = ctx.forget.forget_ids
         per_class = []
@@ -109,7 +107,6 @@ class FewShotMixup(UnlearningMethod):
 
     def unlearn(self, ctx: UnlearningContext) -> None:
         p = self.params
-        assert isinstance(p, FewShotMixupParams)
         server = ctx.server
         forget_sets, retain = self.select(ctx)
         optim = OptimConfig(optimizer="sgd", lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
@@ -125,7 +122,7 @@ class FewShotMixup(UnlearningMethod):
     def forget_step(self, server: Server, batch: torch.Tensor, ctx: UnlearningContext) -> None:
         """Mix every pair of the batch's embeddings, ascend through the top, send averaged gradients."""
         p = self.params
-        assert isinstance(p, FewShotMixupParams) and server.optimizer is not None
+        assert server.optimizer is not None
         embeddings = _embeddings(server, server.transport.broadcast(Embed(batch, train=True)))
         i, j, lam = pair_mix(batch.numel(), p.lambdas)
         lam = lam.to(server.device).unsqueeze(1)
@@ -155,7 +152,7 @@ class FewShotMixup(UnlearningMethod):
     def recovery_step(self, server: Server, batch: torch.Tensor, ctx: UnlearningContext) -> None:
         """Within-class mixup of the retained few-shot embeddings, descent on their labels."""
         p = self.params
-        assert isinstance(p, FewShotMixupParams) and server.optimizer is not None
+        assert server.optimizer is not None
         embeddings = _embeddings(server, server.transport.broadcast(Embed(batch, train=True)))
         labels = server.labels[batch.to(server.device)]
         partner = torch.arange(batch.numel())
@@ -179,7 +176,6 @@ class FewShotMixup(UnlearningMethod):
 
     def estimated_steps(self, ctx: UnlearningContext) -> int:
         p = self.params
-        assert isinstance(p, FewShotMixupParams)
         classes = torch.unique(ctx.server.labels[ctx.forget.retain_ids.to(ctx.server.device)]).numel()
         n_forget = len(ctx.forget.classes) * count_batches(p.forget_samples, p.batch_size)
         return p.epochs * (n_forget + count_batches(p.retain_per_class * classes, p.batch_size))

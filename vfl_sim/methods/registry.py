@@ -9,10 +9,10 @@ from pydantic import ValidationError
 
 from vfl_sim.errors import ConfigError
 from vfl_sim.registry import Registry
-from vfl_sim.server.methods.base import UnlearningMethod
+from vfl_sim.server.unlearning import UnlearningMethod
 
-M = TypeVar("M", bound=type[UnlearningMethod])
-METHODS: Registry[UnlearningMethod] = Registry(
+M = TypeVar("M", bound=type[UnlearningMethod[Any]])
+METHODS: Registry[UnlearningMethod[Any]] = Registry(
     "unlearning method",
     UnlearningMethod,
     "add your own with @register_method and list its module under plugins",
@@ -28,11 +28,13 @@ def available_methods() -> list[str]:
     return METHODS.names()
 
 
-def get_method(name: str) -> type[UnlearningMethod]:
+def get_method(name: str) -> type[UnlearningMethod[Any]]:
     return METHODS.get(name)
 
 
-def build_method(name: str, params: dict[str, Any], request_kind: str, label: str | None = None) -> UnlearningMethod:
+def build_method(
+    name: str, params: dict[str, Any], request_kind: str, label: str | None = None
+) -> UnlearningMethod[Any]:
     """Instantiate method ``name`` with validated ``params`` for a request of ``request_kind``
     (its model called ``label``, by default ``name``)."""
     cls = get_method(name)

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from vfl_sim.forget import ForgetKind
-from vfl_sim.server.methods.base import PhaseParams, UnlearningContext, UnlearningMethod
-from vfl_sim.server.methods.registry import register_method
+from vfl_sim.methods.registry import register_method
 from vfl_sim.server.server import LossFn, count_batches, make_batches
+from vfl_sim.server.unlearning import PhaseParams, UnlearningContext, UnlearningMethod
 
 
 def num_classes(ctx: UnlearningContext) -> int:
@@ -76,7 +76,7 @@ def neggrad_plus_loss(alpha: float, forget_ids: torch.Tensor) -> LossFn:
 
 
 @register_method("neggrad_plus")
-class NegGradPlus(UnlearningMethod):
+class NegGradPlus(UnlearningMethod[NegGradPlusParams]):
     """NegGrad+: descent on the retain set and ascent on the forget set, jointly.
 
     Kurmanji, Triantafillou, Hayes, Triantafillou, "Towards Unbounded Machine Unlearning",
@@ -91,16 +91,13 @@ class NegGradPlus(UnlearningMethod):
     both the descent and the ascent pass through every bottom model. One round trip per step.
     """
 
-    Params = NegGradPlusParams
     supports = frozenset({ForgetKind.CLASS, ForgetKind.SAMPLES})
 
     def _batches(self, ctx: UnlearningContext) -> tuple[int, int]:
-        assert isinstance(self.params, NegGradPlusParams)
         bs = self.params.batch_size or ctx.train.batch_size
         return bs, self.params.forget_batch_size or bs
 
     def unlearn(self, ctx: UnlearningContext) -> None:
-        assert isinstance(self.params, NegGradPlusParams)
         p = self.params
         retain, forget = ctx.forget.retain_ids, ctx.forget.forget_ids
         bs, fbs = self._batches(ctx)
@@ -113,7 +110,6 @@ class NegGradPlus(UnlearningMethod):
             ctx.server.run_epoch(batches, loss_fn=loss, on_step=ctx.on_step)
 
     def estimated_steps(self, ctx: UnlearningContext) -> int:
-        assert isinstance(self.params, NegGradPlusParams)
         return ctx.steps(ctx.forget.retain_ids, self.params.epochs, self._batches(ctx)[0])
 
 
@@ -137,7 +133,7 @@ def random_wrong_labels(labels: torch.Tensor, classes: int, generator: torch.Gen
 
 
 @register_method("random_label")
-class RandomLabel(UnlearningMethod):
+class RandomLabel(UnlearningMethod[RandomLabelParams]):
     """Random relabeling: train on the forget samples with random wrong labels, mixed with the
     retained data under their true labels.
 
@@ -151,11 +147,9 @@ class RandomLabel(UnlearningMethod):
     and update exactly as in training and cannot tell which ids were relabeled.
     """
 
-    Params = RandomLabelParams
     supports = frozenset({ForgetKind.CLASS, ForgetKind.SAMPLES})
 
     def unlearn(self, ctx: UnlearningContext) -> None:
-        assert isinstance(self.params, PhaseParams)
         labels = ctx.server.labels
         targets = labels.clone()
         forget = ctx.forget.forget_ids.to(labels.device)
@@ -168,6 +162,5 @@ class RandomLabel(UnlearningMethod):
         ctx.phase(self.params, ids, loss_fn=loss)
 
     def estimated_steps(self, ctx: UnlearningContext) -> int:
-        assert isinstance(self.params, PhaseParams)
         n = ctx.forget.retain_ids.numel() + ctx.forget.forget_ids.numel()
         return self.params.epochs * count_batches(n, self.params.batch_size or ctx.train.batch_size)

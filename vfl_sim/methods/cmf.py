@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from vfl_sim.methods.registry import build_method, register_method
 from vfl_sim.models.top import fuse
-from vfl_sim.server.methods.base import PhaseParams, UnlearningContext, UnlearningMethod
-from vfl_sim.server.methods.registry import build_method, register_method
 from vfl_sim.server.server import Server
+from vfl_sim.server.unlearning import PhaseParams, UnlearningContext, UnlearningMethod
 
 
 class CMFParams(PhaseParams):
@@ -79,7 +79,7 @@ def _recompute_every_epoch(server: Server, head: CMFHead, ids: torch.Tensor, num
 
 
 @register_method("cmf")
-class CMF(UnlearningMethod):
+class CMF(UnlearningMethod[CMFParams]):
     """Unlearning through a class-mean-features classifier (Gao, Unal, Rangamani, Zhu, "An
     Illusion of Unlearning? Assessing Machine Unlearning Through Internal Representations",
     AISTATS 2026, arXiv 2604.08271).
@@ -113,11 +113,8 @@ class CMF(UnlearningMethod):
     same ``|h|`` for every class, its predictions are exactly the CMF classifier's.
     """
 
-    Params = CMFParams
-
     def unlearn(self, ctx: UnlearningContext) -> None:
         p = self.params
-        assert isinstance(p, CMFParams)
         server = ctx.server
         base = build_method(p.base, p.base_params, ctx.forget.kind) if p.base is not None else None
         linear = server.top.classifier
@@ -152,7 +149,6 @@ class CMF(UnlearningMethod):
 
     def estimated_steps(self, ctx: UnlearningContext) -> int | None:
         p = self.params
-        assert isinstance(p, CMFParams)
         if p.base is not None:
             return build_method(p.base, p.base_params, ctx.forget.kind).estimated_steps(ctx)
         ids = torch.cat([ctx.forget.forget_ids, ctx.forget.retain_ids])

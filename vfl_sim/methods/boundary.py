@@ -5,11 +5,22 @@ Shifting the Decision Boundary", CVPR 2023 (arXiv 2303.11570). Both shift the de
 boundary of the forgotten data instead of scrubbing parameters: Shrink relabels every forget
 sample with its nearest wrong class, found by an adversarial step on the input; Expanding
 trains the forget samples into an extra "shadow" class and then cuts that class off.
+
+The party's side of Boundary Shrink is a fast-gradient-sign step on the party's own features
+(:func:`boundary_fgsm`). Boundary Shrink finds the nearest wrong class of a forget sample with
+one FGSM step on the input of the original model. In VFL the input is cut across the parties.
+The loss depends on a party's slice ``x_k`` only through its embedding ``e_k``, so ``dL/dx_k =
+(de_k/dx_k)^T dL/de_k``: the server sends each party ``dL/de_k`` of its own embedding, the party
+back-propagates it through its bottom model to its own features, perturbs them, and returns the
+embedding of the perturbed slice. The parties' signs together are exactly the sign of the full
+input gradient, so the split attack equals the monolithic one. The party never sees labels,
+logits or another party's data.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +28,61 @@ from pydantic import Field
 from torch import nn
 
 from vfl_sim.forget import ForgetKind
+from vfl_sim.methods.registry import register_method
 from vfl_sim.models.top import fuse
-from vfl_sim.server.methods.base import PhaseParams, UnlearningContext, UnlearningMethod
-from vfl_sim.server.methods.registry import register_method
+from vfl_sim.parties.party import Party, party_op
 from vfl_sim.server.server import Server
+from vfl_sim.server.unlearning import PhaseParams, UnlearningContext, UnlearningMethod
+
+# -- party side -------------------------------------------------------------------------------
+
+
+def feature_range(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature minimum and maximum over every sample the party holds (its valid input box)."""
+    return features.amin(dim=0), features.amax(dim=0)
+
+
+def _eval_embedding(party: Party, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return party.bottom(x)
+
+
+@party_op("boundary_fgsm")
+def boundary_fgsm(
+    party: Party,
+    bound: float,
+    ids: torch.Tensor,
+    grad: torch.Tensor,
+    next_ids: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """One FGSM step on the party's features of ``ids`` along ``grad`` (dLoss/dEmbedding).
+
+    The step is ``bound`` times each feature's range over the party's samples (the paper's
+    bound of 0.1 is on images scaled to [0, 1], that is 0.1 of the pixel range), and the result
+    is clipped to that range, as the reference clips to [0, 1]. The bottom model runs in eval
+    mode (the attacked model is the fixed original) and accumulates no parameter gradient.
+
+    Returns the eval-mode embedding of the perturbed slice (``embedding``) and, when
+    ``next_ids`` is given, the clean eval-mode embedding of the next chunk (``next``), so the
+    server's next attack step needs no separate round trip.
+    """
+    if party.bottom.training:
+        party.bottom.eval()
+    ids = ids.to(party.device)
+    x = party.features.index_select(0, ids).detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = party.bottom(x)
+        (g,) = torch.autograd.grad(out, x, grad_outputs=grad.to(out.device, out.dtype))
+    lo, hi = feature_range(party.features)
+    x_adv = torch.minimum(torch.maximum(x.detach() + bound * (hi - lo) * g.sign(), lo), hi)
+    reply: dict[str, Any] = {"embedding": _eval_embedding(party, x_adv)}
+    if next_ids is not None:
+        reply["next"] = _eval_embedding(party, party.features.index_select(0, next_ids.to(party.device)))
+    return reply
+
+
+# -- server side ------------------------------------------------------------------------------
+
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +140,7 @@ def adversarial_labels(
             pid: {"ids": chunk, "grad": g.detach(), **({"next_ids": nxt} if nxt is not None else {})}
             for pid, g in zip(server.party_ids, grads)
         }
-        acks = server.party_call("boundary_fgsm", {"bound": bound}, tensors)
+        acks = server.party_call(boundary_fgsm.name, {"bound": bound}, tensors)
         adv = server.logits([acks[pid].tensors["embedding"].to(server.device) for pid in server.party_ids])
         pred = adv.argmax(1)
         if incorrect_only:
@@ -91,7 +153,7 @@ def adversarial_labels(
 
 
 @register_method("boundary_shrink")
-class BoundaryShrink(UnlearningMethod):
+class BoundaryShrink(UnlearningMethod[BoundaryShrinkParams]):
     """Boundary Shrink: fine-tune every forget sample toward its nearest wrong class.
 
     Chen, Gao, Liu, Peng, Wang, "Boundary Unlearning: Rapid Forgetting of Deep Networks via
@@ -111,11 +173,9 @@ class BoundaryShrink(UnlearningMethod):
     random 5 % of the training samples cost about 35 points of test accuracy.
     """
 
-    Params = BoundaryShrinkParams
     supports = frozenset({ForgetKind.CLASS})
 
     def unlearn(self, ctx: UnlearningContext) -> None:
-        assert isinstance(self.params, BoundaryShrinkParams)
         p = self.params
         forget = ctx.forget.forget_ids
         bs = p.batch_size or ctx.train.batch_size
@@ -134,7 +194,6 @@ class BoundaryShrink(UnlearningMethod):
         ctx.phase(p, forget, loss_fn=loss)
 
     def estimated_steps(self, ctx: UnlearningContext) -> int:
-        assert isinstance(self.params, PhaseParams)
         return ctx.steps(ctx.forget.forget_ids, self.params.epochs, self.params.batch_size)
 
 
@@ -178,7 +237,7 @@ def prune(wide: nn.Linear) -> nn.Linear:
 
 
 @register_method("boundary_expand")
-class BoundaryExpand(UnlearningMethod):
+class BoundaryExpand(UnlearningMethod[BoundaryExpandParams]):
     """Boundary Expanding: move the forget samples into a shadow class, then prune it.
 
     Chen, Gao, Liu, Peng, Wang, "Boundary Unlearning: Rapid Forgetting of Deep Networks via
@@ -195,11 +254,9 @@ class BoundaryExpand(UnlearningMethod):
     drags every class's features toward it (on digits, about 40 points of test accuracy lost).
     """
 
-    Params = BoundaryExpandParams
     supports = frozenset({ForgetKind.CLASS})
 
     def unlearn(self, ctx: UnlearningContext) -> None:
-        assert isinstance(self.params, PhaseParams)
         top = ctx.server.top
         shadow = int(top.classifier.out_features)
         top.net[-1] = widen(top.classifier, ctx.generator)
@@ -214,5 +271,4 @@ class BoundaryExpand(UnlearningMethod):
             ctx.server.optimizer = ctx.server.scheduler = None  # they held the widened head
 
     def estimated_steps(self, ctx: UnlearningContext) -> int:
-        assert isinstance(self.params, PhaseParams)
         return ctx.steps(ctx.forget.forget_ids, self.params.epochs, self.params.batch_size)

@@ -1,10 +1,12 @@
-"""The base class of unlearning methods and what a method gets to work with.
+"""The contract between the coordinator and an unlearning method: the base class of methods,
+their params, and what a method gets to work with.
 
 A method is a protocol between the server and the parties: it may train the top model, run
 split-learning phases with any loss (through :meth:`vfl_sim.server.Server.train_epochs`), and call
 registered party-side operations; it never reads features or bottom-model parameters itself.
 The coordinator hands it a copy of the original model (loaded on the server and every party)
-and snapshots whatever the method leaves as the unlearned model.
+and snapshots whatever the method leaves as the unlearned model. The methods themselves, each
+with its party-side steps, are :mod:`vfl_sim.methods`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast, get_args, get_origin
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -136,12 +138,18 @@ class PhaseParams(MethodParams):
         )
 
 
-class UnlearningMethod(ABC):
-    """Base class of every unlearning method.
+P = TypeVar("P", bound=MethodParams)
 
-    Subclass it, set ``Params`` (a :class:`MethodParams` with the paper's defaults) and
-    ``supports`` (the forget-request kinds it handles), implement :meth:`unlearn`, and register
-    it with :func:`vfl_sim.server.methods.register_method`; then list its name under ``methods:``.
+
+class UnlearningMethod(ABC, Generic[P]):
+    """Base class of every unlearning method, generic in its params ``P``.
+
+    Subclass it as ``UnlearningMethod[MyParams]`` (``MyParams`` a :class:`MethodParams` with
+    the paper's defaults): ``self.params`` is then a ``MyParams`` and ``Params`` is set to it.
+    Set ``supports`` (the forget-request kinds it handles), implement :meth:`unlearn`, and
+    register it with :func:`vfl_sim.methods.register_method`; then list its name under
+    ``methods:``. A subclass may still set ``Params`` itself instead (it must then agree with
+    ``P``).
 
     ``label`` names this instance's model (its snapshot, checkpoint and report entry); it
     defaults to the registered ``name`` and tells two configurations of one method apart.
@@ -151,8 +159,22 @@ class UnlearningMethod(ABC):
     supports: ClassVar[frozenset[str]] = frozenset({ForgetKind.CLASS, ForgetKind.SAMPLES})
     Params: ClassVar[type[MethodParams]] = MethodParams
 
-    def __init__(self, params: MethodParams | None = None, *, label: str | None = None) -> None:
-        self.params = params if params is not None else self.Params()
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = _params_argument(cls)
+        if declared is None:
+            return
+        if "Params" not in cls.__dict__:
+            cls.Params = declared
+        elif not issubclass(cls.Params, declared):
+            raise TypeError(
+                f"{cls.__name__}: Params is {cls.Params.__name__}, but the class is an "
+                f"UnlearningMethod[{declared.__name__}]"
+            )
+
+    def __init__(self, params: P | None = None, *, label: str | None = None) -> None:
+        # Params is P for every class that declares P (checked in __init_subclass__)
+        self.params: P = params if params is not None else cast(P, self.Params())
         self.label = label or self.name
 
     @abstractmethod
@@ -162,3 +184,14 @@ class UnlearningMethod(ABC):
     def estimated_steps(self, ctx: UnlearningContext) -> int | None:
         """Number of ``on_step`` calls the method will make, for progress bars (``None``: unknown)."""
         return None
+
+
+def _params_argument(cls: type) -> type[MethodParams] | None:
+    """The params class ``cls`` gives ``UnlearningMethod[...]`` in its own bases, if any."""
+    for base in cls.__dict__.get("__orig_bases__", ()):  # its own, not a parent's
+        origin = get_origin(base)
+        if isinstance(origin, type) and issubclass(origin, UnlearningMethod):
+            (arg,) = get_args(base)
+            if isinstance(arg, type) and issubclass(arg, MethodParams):
+                return arg
+    return None
