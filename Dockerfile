@@ -14,6 +14,10 @@ FROM python:3.11-slim
 # Where torch and torchvision come from: empty = PyPI (CUDA wheels on x86-64), or an index
 # such as https://download.pytorch.org/whl/cpu for CPU-only wheels (a much smaller image).
 ARG TORCH_INDEX_URL=""
+# The non-root user's uid/gid; make them the host user's (VFL_UID/VFL_GID in docker-compose.yml)
+# so that the run folders written to the bind-mounted ./runs belong to you.
+ARG UID=1000
+ARG GID=1000
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -45,13 +49,12 @@ print('\n'.join(deps))" > /tmp/requirements.txt \
 COPY . .
 RUN pip install . && rm -rf build *.egg-info
 
-# /runs is where the compose services mount ./runs, /data where a dataset folder is mounted
-# read-only. The container starts as root only to become the owner of /runs before the command
-# runs (scripts/docker-entrypoint.py): the run folder then belongs to whoever owns ./runs on the
-# host. Without a mount, /runs belongs to the unprivileged user `vfl`, who then runs the command.
-RUN useradd --uid 1000 --user-group --create-home --shell /usr/sbin/nologin vfl \
+# A non-root user with a home for Flower (FLWR_HOME defaults to ~/.flwr); /runs is where the
+# compose services mount ./runs, /data where a dataset folder is mounted read-only.
+RUN groupadd --gid "$GID" vfl \
+ && useradd --uid "$UID" --gid "$GID" --create-home --shell /usr/sbin/nologin vfl \
  && mkdir -p /runs /data \
  && chown vfl:vfl /runs
+USER vfl
 
-ENTRYPOINT ["python", "/app/scripts/docker-entrypoint.py"]
 CMD ["vfl-sim", "--help"]

@@ -41,7 +41,6 @@ from vfl_sim.parties.build import build_party
 from vfl_sim.parties.party import Party
 from vfl_sim.plugins import import_plugins
 from vfl_sim.runtimes.flower_codec import decode_request, encode_reply
-from vfl_sim.runtimes.flower_pace import pace_object_pulls
 from vfl_sim.runtimes.flower_state import restore_party, save_party, state_stamp
 from vfl_sim.runtimes.flower_transport import FlowerTransport, hello_reply
 from vfl_sim.seeding import derive_seed
@@ -246,7 +245,6 @@ def main(grid: Grid, context: Context) -> None:
         handler.setFormatter(logging.Formatter("vfl-sim: %(message)s"))
         log.addHandler(handler)
     log.setLevel(logging.INFO)
-    pace_object_pulls()  # a reply is visible before its content: Flower waits 1 s, then 2 s, ...
     threads = _apply_threads(context)
     cfg = _import_plugins(context)
     exp = prepare(cfg)

@@ -51,8 +51,6 @@ FLOWER_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "UV_OFFLINE": "1",
     "PYTHONUNBUFFERED": "1",
-    # The SuperLink's SuperExec looks for a run's ServerApp task every second by default.
-    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
 }
 
 
@@ -96,22 +94,15 @@ def superlink_command(host: str, port: int, *, simulation: bool = False, tls: Tl
 def supernode_command(
     superlink: str, partition_id: int, num_partitions: int, host: str, port: int, *, tls: TlsFiles | None = None
 ) -> list[str]:
-    """One party's SuperNode, connected to ``superlink`` and serving its ClientApps on ``host:port``.
-
-    It is ``flower-supernode`` run by :mod:`vfl_sim.runtimes.flower_node` with ``--isolation
-    process``: one long-lived party process answers all of the node's messages, instead of a
-    new ``flwr-clientapp`` process for each.
-    """
+    """One party's SuperNode, connected to ``superlink`` and serving its ClientApps on ``host:port``."""
     cmd = [
-        "python",
-        "-m",
-        "vfl_sim.runtimes.flower_node",
+        "flower-supernode",
         "--superlink",
         superlink,
         "--node-config",
         f"partition-id={partition_id} num-partitions={num_partitions}",
         "--isolation",
-        "process",
+        "subprocess",
         "--host",
         host,
         "--port",
