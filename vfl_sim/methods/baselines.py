@@ -34,7 +34,7 @@ class Retrain(UnlearningMethod[RetrainParams]):
     supports = frozenset({ForgetKind.CLASS, ForgetKind.SAMPLES, ForgetKind.PARTY, ForgetKind.FEATURES})
 
     def unlearn(self, ctx: UnlearningContext) -> None:
-        ctx.server.reset(ctx.top_seed)
+        self.initialize(ctx)
         ctx.server.train_epochs(
             ctx.forget.retain_ids,
             epochs=self.params.epochs or ctx.train.epochs,
@@ -43,6 +43,10 @@ class Retrain(UnlearningMethod[RetrainParams]):
             generator=ctx.generator,
             on_step=ctx.on_step,
         )
+
+    def initialize(self, ctx: UnlearningContext) -> None:
+        """Where training starts: the original's initialization."""
+        ctx.server.reset(ctx.top_seed)
 
     def estimated_steps(self, ctx: UnlearningContext) -> int:
         return ctx.steps(ctx.forget.retain_ids, self.params.epochs or ctx.train.epochs)

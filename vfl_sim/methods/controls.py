@@ -92,18 +92,10 @@ class CalibrationRetrain(Retrain):
 
     name = RETRAIN
 
-    def unlearn(self, ctx: UnlearningContext) -> None:
+    def initialize(self, ctx: UnlearningContext) -> None:
         # ctx.seed is derived from this model's label, so every calibration retrain differs from
         # retrain (which starts from the original's initialization) and from the others.
         ctx.server.reset(ctx.seed, party_seed=ctx.seed)
-        ctx.server.train_epochs(
-            ctx.forget.retain_ids,
-            epochs=self.params.epochs or ctx.train.epochs,
-            batch_size=ctx.train.batch_size,
-            optim=ctx.train,
-            generator=ctx.generator,
-            on_step=ctx.on_step,
-        )
 
 
 @dataclass(frozen=True)
