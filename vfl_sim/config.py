@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Final, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -239,7 +239,9 @@ class CertificateThresholds(_Section):
     ``feature_recovery_gap`` (R^2 gap of the removed columns, party and feature requests),
     ``party_dependence`` (share of predictions that change when a departed party's embedding is
     shuffled), ``relearning_gap`` (mean forgotten accuracy over the relearning attack above
-    retrain's, per phase).
+    retrain's, per phase), ``model_completion`` (a passive party's model-completion accuracy on
+    the forgotten classes, or membership AUC on the forgotten samples, away from retrain's; with
+    ``audit.model_completion.enabled``).
     """
 
     utility: Annotated[float, Field(ge=0, le=1)] = 0.03
@@ -251,6 +253,7 @@ class CertificateThresholds(_Section):
     feature_recovery_gap: Annotated[float, Field(ge=0, le=1)] = 0.05
     party_dependence: Annotated[float, Field(ge=0, le=1)] = 0.0
     relearning_gap: Annotated[float, Field(ge=0, le=1)] = 0.10
+    model_completion: Annotated[float, Field(ge=0, le=1)] = 0.10
 
 
 class RelearningConfig(_Section):
@@ -291,6 +294,19 @@ class ReferenceFreeConfig(_Section):
     fraction: Annotated[float, Field(gt=0, le=1)] = 0.15
 
 
+class ModelCompletionConfig(_Section):
+    """The model-completion audit (:mod:`vfl_sim.audits.model_completion`; Fu et al., USENIX
+    Security 2022): each passive party fits a head on its own bottom model's embeddings of
+    ``labeled`` labeled training samples (class-balanced), once per each of ``draws`` seeded
+    draws of that set; ``C`` is the head's inverse L2 strength (multinomial logistic regression).
+    Off by default."""
+
+    enabled: bool = False
+    labeled: Annotated[int, Field(ge=2, le=MAX_COUNT)] = 40
+    draws: Annotated[int, Field(ge=1, le=1000)] = 10
+    C: Annotated[float, Field(gt=0)] = 1.0
+
+
 class CalibrationConfig(_Section):
     """Calibration of the certificate's tolerances (:mod:`vfl_sim.audits.certificate`): ``retrains``
     extra retrained models, each from its own initialization and batch order, audited like any
@@ -326,6 +342,7 @@ class AuditConfig(_Section):
     calibration: CalibrationConfig = CalibrationConfig()
     relearning: RelearningConfig = RelearningConfig()
     reference_free: ReferenceFreeConfig = ReferenceFreeConfig()
+    model_completion: ModelCompletionConfig = ModelCompletionConfig()
     plots: bool = True
 
     @field_validator("auditors", mode="before")
@@ -410,6 +427,24 @@ class RayConfig(_Section):
         return self
 
 
+HONEST: Final = "honest"
+IGNORE_UNLEARNING: Final = "ignore_unlearning"
+PartyBehaviour = Literal["honest", "ignore_unlearning"]
+
+
+class PartyConfig(_Section):
+    """How one passive party behaves (``parties.<party_id>``).
+
+    ``behaviour: honest`` (the default) follows the protocol. ``ignore_unlearning`` simulates a
+    lazy or malicious party: it acknowledges every unlearning instruction (resets, gradient
+    steps, method-specific operations) but keeps its pre-unlearning bottom model, so every
+    unlearned model holds that party's original bottom (:class:`vfl_sim.parties.party.Party`).
+    Training the original and the audit's attacks are unaffected.
+    """
+
+    behaviour: PartyBehaviour = HONEST
+
+
 class ExperimentConfig(_Section):
     """The whole experiment: data, partition, models, training, forget request, methods, audit."""
 
@@ -430,6 +465,8 @@ class ExperimentConfig(_Section):
     train: TrainConfig = TrainConfig()
     forget: ForgetConfig = ForgetConfig(kind="class", classes=[0])
     methods: list[MethodSpec] = [MethodSpec(name="retrain"), MethodSpec(name="finetune"), MethodSpec(name="neggrad")]
+    parties: dict[str, PartyConfig] = {}
+    """Per-party settings, keyed by party id (``party_0`` ... ``party_<K-1>``)."""
     audit: AuditConfig = AuditConfig()
     flower: FlowerConfig = FlowerConfig()
     ray: RayConfig = RayConfig()
@@ -453,6 +490,13 @@ class ExperimentConfig(_Section):
             raise ValueError(f"methods lists {', '.join(dup)} more than once; give each a distinct label")
         if ORIGINAL in names:
             raise ValueError("'original' is the trained model, not a method; remove it from methods")
+        known = [f"party_{k}" for k in range(self.partition.parties)]
+        stray = sorted(set(self.parties) - set(known))
+        if stray:
+            raise ValueError(
+                f"parties.{stray[0]} is not a party of this run; parties are "
+                f"{', '.join(known) if len(known) <= 3 else f'{known[0]} ... {known[-1]}'}"
+            )
         if self.runtime == "flower-sim" and self.flower.superlink is not None:
             raise ValueError("flower.superlink is for runtime 'flower-deploy'; flower-sim starts its own SuperLink")
         if self.flower.root_certificates is not None and self.flower.superlink is None:
@@ -492,12 +536,15 @@ def _format_validation_error(err: ValidationError) -> str:
 
 def _allowed_keys(loc: Iterable[Any]) -> list[str]:
     model: Any = ExperimentConfig
+    keyed = False  # the next part is a key of a mapping of sections (`parties.<party_id>`)
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or keyed:
+            keyed = False
             continue
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return []
+        keyed = get_origin(field.annotation) is dict
         model = _model_in(field.annotation)
     return sorted(getattr(model, "model_fields", {}))
 

@@ -36,6 +36,7 @@ def build_party(
         init_seed=derive_seed(cfg.seed, "init", party_id),
         device=device,
         replay_backward=replay_backward,
+        behaviour=cfg.parties[party_id].behaviour if party_id in cfg.parties else "honest",
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 
 import torch
 
-from vfl_sim.config import OptimConfig
+from vfl_sim.config import HONEST, IGNORE_UNLEARNING, OptimConfig, PartyBehaviour
 from vfl_sim.models.bottoms import BottomModel
 from vfl_sim.models.state import clone_state, reset_parameters, state_digest
 from vfl_sim.optim import (
@@ -140,6 +140,15 @@ class Party:
         and replay that forward pass when the gradient arrives. Gives the same gradients at the
         cost of a second forward pass, and is what a party needs when it does not stay in
         memory between messages (Flower ClientApps), since a graph cannot be stored.
+    behaviour
+        ``honest`` follows the protocol. ``ignore_unlearning`` (a lazy or malicious party,
+        ``parties.<id>.behaviour``) acknowledges every unlearning instruction but keeps its
+        pre-unlearning bottom model: from a method's ``begin_method`` (which names the model the
+        method makes) until that model is saved, the party answers every request as usual and
+        then puts back the bottom model it held when the method began, so its gradient steps,
+        resets and method-specific operations change nothing, the top model trains against its
+        old embeddings, and the saved model holds its old bottom. It lives in the party object,
+        so every runtime (local, Ray actors, Flower ClientApps, whose state it exports) gets it.
     """
 
     def __init__(
@@ -151,9 +160,16 @@ class Party:
         init_seed: int,
         device: torch.device | str = "cpu",
         replay_backward: bool = False,
+        behaviour: PartyBehaviour = HONEST,
     ) -> None:
+        if behaviour not in (HONEST, IGNORE_UNLEARNING):
+            raise ValueError(f"{party_id}: unknown behaviour {behaviour!r}; expected {HONEST} or {IGNORE_UNLEARNING}")
         self.party_id = party_id
         self.replay_backward = replay_backward
+        self.behaviour = behaviour
+        # ignore_unlearning: the bottom model kept while a method runs, and the model it makes
+        self.kept: dict[str, torch.Tensor] | None = None
+        self.kept_for: str | None = None
         self.device = torch.device(device)
         self.features = features.to(self.device)
         self.bottom = bottom.to(self.device)
@@ -175,6 +191,24 @@ class Party:
 
     def handle(self, request: Request) -> Reply:
         """Answer one protocol request."""
+        if self.kept is None or isinstance(request, Embed):
+            return self._handle(request)
+        # ignore_unlearning, inside a method: answer, then put the kept bottom model back.
+        saving = isinstance(request, LocalOp) and request.name == "save_state"
+        if saving:
+            self._restore_kept()
+        reply = self._handle(request)
+        if saving and isinstance(request, LocalOp) and request.args.get("name") == self.kept_for:
+            self.kept = self.kept_for = None  # the method's model is saved: its instructions end
+        elif self._pending is None:  # never under a live autograd graph
+            self._restore_kept()
+        return reply
+
+    def _restore_kept(self) -> None:
+        if self.kept is not None:
+            self.bottom.load_state_dict(self.kept)
+
+    def _handle(self, request: Request) -> Reply:
         if isinstance(request, Embed):
             return self.embed(request)
         if isinstance(request, Backward):
@@ -327,6 +361,9 @@ class Party:
         if self._replay is not None:
             tensors["replay/ids"], tensors["replay/rng"] = self._replay.ids, self._replay.rng
             tensors.update({f"replay/buf/{k}": v for k, v in self._replay.buffers.items()})
+        if self.kept is not None:
+            tensors.update({f"kept/{k}": v for k, v in self.kept.items()})
+            meta["kept_for"] = self.kept_for
         return tensors, meta
 
     def import_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -359,6 +396,8 @@ class Party:
             self.scheduler.t = int(meta["schedule_step"])
         if "replay/ids" in tensors:
             self._replay = _Replay(tensors["replay/ids"], tensors["replay/rng"], group("replay/buf/"))
+        self.kept = group("kept/") if "kept_for" in meta else None
+        self.kept_for = meta.get("kept_for")
 
     def reset_parameters(self, seed: int) -> None:
         """Re-initialize the bottom model as a fresh model seeded with ``seed``, and restart
@@ -400,12 +439,16 @@ def _configure(
 
 
 @party_op("begin_method")
-def _begin_method(party: Party, seed: int) -> None:
+def _begin_method(party: Party, seed: int, model: str | None = None) -> None:
     """A method starts: drop the previous method's tensors and restart the party's random
     stream from the method's seed, so each method draws the same masks whatever ran before it
-    (or whether it runs in a resumed run)."""
+    (or whether it runs in a resumed run). ``model`` names the model the method makes (the
+    coordinator's methods): a party that ignores unlearning keeps its current bottom model
+    until that model is saved."""
     party.buffers = {}
     party.rng = torch.Generator().manual_seed(derive_seed(seed, "party-rng", party.party_id)).get_state()
+    if party.behaviour == IGNORE_UNLEARNING and model is not None:
+        party.kept, party.kept_for = clone_state(party.bottom), model
 
 
 @party_op("clear_buffers")

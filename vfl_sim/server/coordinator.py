@@ -206,7 +206,8 @@ class UnlearningCoordinator:
             raise ValueError("'original' is reserved for the trained model")
         ctx = ctx or self.context(method)
         self.server.load_state(ORIGINAL)
-        self.server.party_op("begin_method", seed=ctx.seed)
+        # `model` names what the method makes: a party that ignores unlearning keeps its bottom until then.
+        self.server.party_op("begin_method", seed=ctx.seed, model=method.label)
         before = self.server.transport.stats.snapshot()
         start = time.perf_counter()
         # A party or feature request defines the unlearned model as one without that party (or
