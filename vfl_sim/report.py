@@ -180,6 +180,10 @@ def certificate_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]
     return header, rows
 
 
+PARTY_THREATS = ("bottom_retrained.", "model_completion.")
+"""Prefixes of the certificate's per-party threat checks (:mod:`vfl_sim.audits.certificate`)."""
+
+
 def certificate_evidence(report: dict[str, Any]) -> list[str]:
     """Markdown lines: per model, its claim, the failed and undecided checks with their
     numbers, and why a verdict is ``n/a`` or ``inconclusive``."""
@@ -196,7 +200,9 @@ def certificate_evidence(report: dict[str, Any]) -> list[str]:
                 lines.append(f"  - {part}: n/a, {v['note']}")
                 continue
             for status, verb in (("fail", "fails"), ("inconclusive", "undecided")):
-                hits = [ch["evidence"] for ch in v["checks"] if _status(ch) == status]
+                # A passive party's own threats first: they name the party that decides the verdict.
+                checks = sorted(v["checks"], key=lambda ch: not str(ch["name"]).startswith(PARTY_THREATS))
+                hits = [ch["evidence"] for ch in checks if _status(ch) == status]
                 if hits:
                     shown = "; ".join(hits[:4]) + (f"; and {len(hits) - 4} more" if len(hits) > 4 else "")
                     lines.append(f"  - {part} {verb} ({len(hits)} of {len(v['checks'])} checks): {shown}")

@@ -41,6 +41,13 @@ from vfl_sim.audits.membership import (
     membership_scores,
 )
 from vfl_sim.audits.metric import Metric, RowBuffer
+from vfl_sim.audits.model_completion import (
+    CompletionResult,
+    ModelCompletion,
+    ModelCompletionAuditor,
+    model_completion,
+    model_completion_many,
+)
 from vfl_sim.audits.output import OutputAuditor, accuracy, output_metrics
 from vfl_sim.audits.probe import LinearProbeRecovery, ProbeResult, linear_probe_recovery, probe_many
 from vfl_sim.audits.probe_ci import LinearProbeRecoveryCI, ProbeCI, probe_ci, probe_many_ci
@@ -113,6 +120,11 @@ __all__ = [
     "LinearProbeRecovery",
     "LinearProbeRecoveryCI",
     "Metric",
+    "CompletionResult",
+    "ModelCompletion",
+    "ModelCompletionAuditor",
+    "model_completion",
+    "model_completion_many",
     "ModelEmbeddings",
     "OutputAuditor",
     "ProbeCI",

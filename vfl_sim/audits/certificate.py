@@ -61,7 +61,15 @@ report says for every check which tolerance it used and where it came from.
   never saw the class; floor 0, calibrated: an independently seeded retrain lands about as
   close to the original as to ``retrain``, on either side), the multi-class probe's accuracy on forgotten-class
   test samples (``class_recovery``), and per relearning phase the mean forgotten accuracy over
-  the attack above retrain's (``relearning_gap``; Golatkar et al., CVPR 2020); party and
+  the attack above retrain's (``relearning_gap``; Golatkar et al., CVPR 2020); class and
+  sample requests, per passive party: ``bottom_retrained.<party>`` fails every model when the
+  party's bottom model under ``retrain`` is the original's, bit for bit (the party did not
+  retrain, ``parties.<id>.behaviour: ignore_unlearning``: retrain is no reference for it), and,
+  with ``audit.model_completion.enabled``, ``model_completion.<party>`` (supporting): the
+  party's model-completion accuracy on the forgotten classes above retrain's (class requests)
+  or its membership AUC on the forgotten samples either side of retrain's (sample requests),
+  tolerance ``model_completion`` (Fu et al., USENIX Security 2022;
+  :mod:`vfl_sim.audits.model_completion`); party and
   feature requests: the R^2 gap of the removed columns' recovery from the fused, every
   party's and the output view (``feature_recovery_gap``).
 
@@ -548,6 +556,7 @@ def _representation(kind: str, m: ModelEvidence, retrain: ModelEvidence, t: Cert
             if gap is not None:
                 name, what = f"layer_lpr_gap.{pid}.{layer}", f"{pid}/{layer}: mean LPR gap"
                 found.append(_gap(name, what, gap, t.layer_lpr_gap))
+    found.extend(_party_threats(m, retrain, t, is_retrain=m is retrain))
     if kind != ForgetKind.CLASS:
         return found
     if rep.cka_original is not None and rep.cka_retrain is not None:
@@ -586,6 +595,56 @@ def _representation(kind: str, m: ModelEvidence, retrain: ModelEvidence, t: Cert
                 0.0,
                 "upper",
                 t.relearning_gap,
+            )
+        )
+    return found
+
+
+def _party_threats(
+    m: ModelEvidence, retrain: ModelEvidence, t: CertificateThresholds, *, is_retrain: bool
+) -> list[Measurement]:
+    """What each passive party can still do with its own bottom model (class and sample
+    requests): a party whose bottom under ``retrain`` is the original's did not retrain (retrain
+    is then no reference for it: removal is refused for every model), and each party's model
+    completion (:mod:`vfl_sim.audits.model_completion`) against retrain's."""
+    found: list[Measurement] = []
+    for pid, kept in sorted(retrain.kept_original_bottom.items()):
+        if not kept:
+            continue
+        what = (
+            f"{pid} kept the original's bottom model under retrain: it acknowledged the unlearning "
+            "instructions and did not retrain (1 = kept)"
+            if is_retrain
+            else f"{pid} did not retrain (its bottom model under retrain is the original's), so retrain "
+            f"is no reference for {pid} (1 = kept)"
+        )
+        found.append(Measurement(f"bottom_retrained.{pid}", what, 1.0, 0.0, "upper", 0.0, calibrate=False))
+    for pid, c in m.completion.items():
+        if c.gap is None:
+            continue
+        reference = c.value - c.gap.value  # retrain's mean over the same labeled draws
+        lo_hi = c.gap.interval
+        accuracy = c.statistic == "forget_test_acc"
+        what = (
+            f"{pid}: model completion ({c.labeled} labels) accuracy on the forgotten classes"
+            if accuracy
+            else f"{pid}: model completion ({c.labeled} labels) membership AUC of the forgotten samples"
+        )
+        found.append(
+            Measurement(
+                f"model_completion.{pid}",
+                what,
+                c.value,
+                reference,
+                # Completing a class better than retrain's bottom allows is what leaks; for
+                # membership, forgetting more than retrain also marks the forgotten samples.
+                "upper" if accuracy else "two",
+                t.model_completion,
+                None if lo_hi is None else (max(0.0, reference + lo_hi[0]), min(1.0, reference + lo_hi[1])),
+                pct=accuracy,
+                # A few dozen labels leave the interval wide: the attack fails a verdict, but
+                # when undecided it leaves the verdict to the other checks.
+                supporting=True,
             )
         )
     return found

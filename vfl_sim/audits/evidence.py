@@ -135,6 +135,43 @@ class RepresentationEvidence:
 
 
 @dataclass(frozen=True)
+class CompletionEvidence:
+    """One party's model-completion result (``model_completion.parties.<party>``)."""
+
+    statistic: str
+    """``forget_test_acc`` (class requests) or ``membership_auc`` (sample requests)."""
+    value: float
+    gap: Gap | None
+    labeled: int
+
+    @classmethod
+    def read(cls, section: Mapping[str, Any]) -> dict[str, CompletionEvidence]:
+        """``{party: evidence}`` of a ``model_completion`` section."""
+        return {
+            pid: cls(
+                section["statistic"], float(r["completion"]), Gap.read(r, "completion_gap"), int(section["labeled"])
+            )
+            for pid, r in section.get("parties", {}).items()
+        }
+
+
+def _kept_original_bottom(results: Mapping[str, Any]) -> dict[str, bool]:
+    """``{party: True}`` for every party whose embeddings some audit found equal to the
+    original's bit for bit (``representation.parties.<party>.same_as_original``,
+    ``model_completion.parties.<party>.kept_original_bottom``)."""
+    found: dict[str, bool] = {}
+    rep = (results.get("representation") or {}).get("parties", {})
+    mc = (results.get("model_completion") or {}).get("parties", {})
+    for pid, r in rep.items():
+        if r.get("same_as_original") is not None:
+            found[pid] = bool(r["same_as_original"])
+    for pid, r in mc.items():
+        if r.get("kept_original_bottom") is not None:
+            found[pid] = found.get(pid, False) or bool(r["kept_original_bottom"])
+    return found
+
+
+@dataclass(frozen=True)
 class ModelEvidence:
     """Everything the certificate reads of one model's audit results.
 
@@ -151,6 +188,11 @@ class ModelEvidence:
         ``(agreement, threshold)`` of the reference-free audit, None where it did not run.
     relearning
         ``{phase: area_gap}`` of the relearning attack's phases that have one.
+    completion
+        ``{party: CompletionEvidence}`` of the model-completion audit, where it ran.
+    kept_original_bottom
+        ``{party: bool}``: whether the party's embeddings equal the original's bit for bit
+        (absent for the original and where no audit compared them).
     diverged
         Why the model cannot be audited, or None.
     """
@@ -160,6 +202,8 @@ class ModelEvidence:
     feature_recovery: dict[str, Gap | None] = field(default_factory=dict)
     reference_free: tuple[float, float] | None = None
     relearning: dict[str, float] = field(default_factory=dict)
+    completion: dict[str, CompletionEvidence] = field(default_factory=dict)
+    kept_original_bottom: dict[str, bool] = field(default_factory=dict)
     diverged: str | None = None
 
     @classmethod
@@ -168,6 +212,7 @@ class ModelEvidence:
         rep = results.get("representation")
         rec = results.get("feature_recovery") or {}
         rf = results.get("reference_free")
+        mc = results.get("model_completion")
         recovery = {"fused": rec.get("fused"), **rec.get("parties", {}), "output": rec.get("output")}
         return cls(
             output=OutputEvidence.read(results["output"]),
@@ -179,5 +224,7 @@ class ModelEvidence:
                 for phase, r in (results.get("relearning") or {}).items()
                 if phase != "attack" and r.get("area_gap") is not None
             },
+            completion={} if mc is None else CompletionEvidence.read(mc),
+            kept_original_bottom=_kept_original_bottom(results),
             diverged=str(results["diverged"]) if results.get("diverged") else None,
         )

@@ -28,6 +28,10 @@ For every model, on the fused embedding and on each party's own embedding:
   arXiv 2606.25001): residual of the best linear map onto retrain's embedding, on forgotten
   and on held-out retained samples, and the share of it in retrain's top principal directions
   (:mod:`vfl_sim.audits.consistency`).
+- ``same_as_original``: the view's embeddings of the probe samples equal the original's bit
+  for bit (``None`` for the original): the parties behind it kept their original bottom
+  models (a party that ignores unlearning, or a method that leaves it alone); the certificate
+  reads it for ``retrain``, which re-initializes every bottom model.
 - ``layers``: ``{party: {layer: {"lpr", "lpr_gap", "lpr_mean", "lpr_gap_mean",
   "lpr_gap_interval"}}}``, LPR and its gap to ``retrain`` at every named layer of every
   party's bottom model before the embedding (pooled activations, gathered with the
@@ -206,7 +210,9 @@ class RepresentationAuditor(Auditor):
                 f"cka_{other}_uncentered": linear_cka(x, y, centered=False),
             }
 
+        original = views[ORIGINAL][key] if ORIGINAL in views and name != ORIGINAL else None
         return {
+            "same_as_original": None if original is None else bool(np.array_equal(x, original)),
             "lpr": p.balanced_accuracy.values[0],  # split 0: the Mirage single-split value
             "lpr_auroc": p.auroc.values[0],
             "lpr_gap": None if gap is None else gap.balanced_accuracy_gap.values[0],

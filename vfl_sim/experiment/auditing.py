@@ -25,7 +25,7 @@ from vfl_sim.server.relearning import default_attack_optim, default_head_optim, 
 from vfl_sim.server.server import Server
 
 # The auditors every run sets up from its `audit` section, in the order of the report's sections.
-BUILT_IN_AUDITORS = ("output", "representation", "reference_free", "feature_recovery")
+BUILT_IN_AUDITORS = ("output", "representation", "reference_free", "feature_recovery", "model_completion")
 # Report sections written by the run itself: a user auditor may not overwrite them.
 BUILT_IN_SECTIONS = (*BUILT_IN_AUDITORS, "relearning", "certificate", "diverged", "runtime_s", "communication")
 
