@@ -125,3 +125,30 @@ def test_bad_party_settings_are_one_line_errors() -> None:
         with pytest.raises(ConfigError, match=match) as err:
             config_from_dict(raw)
         assert "\n" not in str(err.value)
+
+
+def test_the_lazy_party_is_named_on_ray(tmp_path: Path) -> None:
+    """The behaviour lives in the party object, so a party in a Ray actor ignores unlearning too."""
+    pytest.importorskip("ray")
+    cfg = small_config(
+        runtime="ray",
+        data={
+            "name": "synthetic",
+            "synthetic": {"samples": 240, "features": 8, "classes": 3, "informative_per_party": 2},
+        },
+        methods=["retrain"],
+        parties=LAZY,
+        audit={
+            "plots": False,
+            "relearning": {"enabled": False},
+            "reference_free": {"enabled": False},
+            "calibration": {"retrains": 0},
+        },
+    )
+    report = prepare(cfg).run(tmp_path / "run")
+    assert report["runtime"] == "ray"
+    retrain = report["models"]["retrain"]
+    assert retrain["representation"]["parties"]["party_1"]["same_as_original"] is True
+    assert retrain["representation"]["parties"]["party_0"]["same_as_original"] is False
+    failed = {c["name"] for c in retrain["certificate"]["representation_forgetting"]["checks"] if c["status"] == "fail"}
+    assert "bottom_retrained.party_1" in failed and not retrain["certificate"]["removal"]
