@@ -125,6 +125,7 @@ STATEFUL = [
     "LinearProbeRecovery",
     "LinearProbeRecoveryCI",
     "MembershipInference",
+    "ModelCompletion",
     "ReferenceFreeAudit",
     "RetrainConsistency",
 ]
