@@ -27,8 +27,8 @@ clean:
 	rm -rf $(VENV) runs .pytest_cache site
 
 lint: $(STAMP)
-	$(BIN)/ruff check vfl_sim tests benchmarks
-	$(BIN)/ruff format --check vfl_sim tests benchmarks
+	$(BIN)/ruff check vfl_sim tests benchmarks scripts
+	$(BIN)/ruff format --check vfl_sim tests benchmarks scripts
 	$(BIN)/mypy vfl_sim
 
 # The documentation site, built strictly (a broken link, a missing page or a warning fails it) into site/.
