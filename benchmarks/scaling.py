@@ -53,7 +53,7 @@ which costs a few ms per call. Compacting the batches (``b.clone()``) took a 200
 on Ray from 12.8 ms to 4.4 ms per round (20k: 12.9 to 8.0 ms); the protocol's byte counts
 (``nbytes``) never saw the difference, and the Flower codec copies only the view.
 ``make_batches`` now gives every batch its own ids. Rerun after that change on an idle machine
-(README, "Benchmarks"): Ray 38, 54 and 53 µs per sample at 2k, 20k and 200k, linear from 20k on.
+(docs/benchmarks.md): Ray 38, 54 and 53 µs per sample at 2k, 20k and 200k, linear from 20k on.
 """
 
 from __future__ import annotations

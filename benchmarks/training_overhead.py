@@ -51,7 +51,7 @@ ratio grows with the parties while the work per party is small. Ray pays an acto
 party and round (about 5 ms per party and round on these 2 busy cores).
 Its rounds on the 20k set cost more than on 2k in this first run because every ``Embed``
 pickled the whole epoch's shuffled id tensor (see ``benchmarks/scaling.py``; fixed since: the
-README has the rerun on an idle machine, Ray 6.6-8.3x monolithic on the 20k set).
+docs/benchmarks.md has the rerun on an idle machine, Ray 6.6-8.3x monolithic on the 20k set).
 """
 
 from __future__ import annotations

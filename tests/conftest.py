@@ -64,7 +64,7 @@ def assert_close(a: Any, b: Any, tol: float = 1e-4, where: str = "") -> None:
             assert_close(a[k], b[k], tol, f"{where}.{k}")
     elif isinstance(a, list):
         assert isinstance(b, list) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_close(x, y, tol, f"{where}[{i}]")
     elif a is None or isinstance(a, str):
         assert a == b, (where, a, b)

@@ -211,7 +211,9 @@ def test_a_sweep_loads_into_one_row_per_cell_and_model(tiny_sweep: api.SweepRun)
     df = loaded.to_pandas()
     assert df.equals(tiny_sweep.to_pandas())
     assert len(df) == 2 * 2  # cells x models (original, retrain)
-    assert set(zip(df["cell_id"], df["model"])) == {(c, m) for c in loaded.cells for m in ("original", "retrain")}
+    assert set(zip(df["cell_id"], df["model"], strict=True)) == {
+        (c, m) for c in loaded.cells for m in ("original", "retrain")
+    }
     assert sorted(df["seed"]) == [0, 0, 1, 1] and set(df["status"]) == {"finished"}
     for cell_id, cell in loaded.runs().items():
         assert cell.config.seed in (0, 1)

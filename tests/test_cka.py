@@ -132,7 +132,7 @@ def test_minibatch_class_equals_functional(rng: np.random.Generator, centered: b
     y = y + 100.0
     metric = LinearCKA(centered=centered)
     edges = [0, 3, 100, 101, 457, 900, 1000]
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         assert metric.update(x[lo:hi], y[lo:hi]) is metric
     assert metric.n_samples == 1000
     assert metric.compute() == pytest.approx(linear_cka(x, y, centered=centered), rel=1e-10)
@@ -282,7 +282,7 @@ def test_unbiased_minibatch_equals_full_batch(rng: np.random.Generator) -> None:
     y = y + 100.0
     metric = LinearCKA(estimator="unbiased")
     edges = [0, 1, 3, 100, 101, 457, 900, 1000]  # a one-row first batch fixes the shift
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         assert metric.update(x[lo:hi], y[lo:hi]) is metric
     full = linear_cka(x, y, estimator="unbiased")
     assert 0.05 < full < 0.95  # a value that relative error can be judged on

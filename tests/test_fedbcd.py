@@ -61,21 +61,21 @@ def test_one_local_step_is_the_exact_protocol_bit_for_bit() -> None:
     gen = torch.Generator().manual_seed(5)
     for _ in range(epochs):
         for batch in make_batches(ids, 64, gen):
-            outs = [b(p.features.index_select(0, batch)) for b, p in zip(bottoms, parties)]
+            outs = [b(p.features.index_select(0, batch)) for b, p in zip(bottoms, parties, strict=True)]
             leaves = [o.detach().requires_grad_(True) for o in outs]
             loss = F.cross_entropy(top(fuse(leaves, cfg.model.fusion)), server.labels[batch])
             clear_grads(opts[0])
             loss.backward()
             opts[0].step()
             scheds[0].step()  # type: ignore[union-attr]
-            for out, leaf, opt, sched in zip(outs, leaves, opts[1:], scheds[1:]):
+            for out, leaf, opt, sched in zip(outs, leaves, opts[1:], scheds[1:], strict=True):
                 out.backward(leaf.grad)
                 opt.step()
                 sched.step()  # type: ignore[union-attr]
                 clear_grads(opt)
 
-    for ref, model in zip([top, *bottoms], [server.top, *(p.bottom for p in parties)]):
-        for (name, a), b in zip(ref.state_dict().items(), model.state_dict().values()):
+    for ref, model in zip([top, *bottoms], [server.top, *(p.bottom for p in parties)], strict=True):
+        for (name, a), b in zip(ref.state_dict().items(), model.state_dict().values(), strict=True):
             assert torch.equal(a, b), name
 
 
@@ -116,7 +116,7 @@ def test_party_local_updates_equal_hand_computed_sgd(replay: bool) -> None:
     one.handle(Backward(g))
     moved = False
     for (name, a), b, c in zip(
-        ref.state_dict().items(), party.bottom.state_dict().values(), one.bottom.state_dict().values()
+        ref.state_dict().items(), party.bottom.state_dict().values(), one.bottom.state_dict().values(), strict=True
     ):
         assert torch.allclose(a.float(), b.float(), atol=1e-6, rtol=1e-5), name  # params and BN buffers
         moved |= not torch.allclose(b.float(), c.float(), atol=1e-4)
@@ -172,10 +172,10 @@ def test_server_takes_q_top_steps_and_sends_the_first_gradient() -> None:
         F.cross_entropy(ref(fuse(embs, "concat")), labels[batch]).backward()
         opt.step()
 
-    for (name, a), b in zip(ref.state_dict().items(), server.top.state_dict().values()):
+    for (name, a), b in zip(ref.state_dict().items(), server.top.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), name
     assert [pid for pid, _ in transport.backwards] == transport.party_ids
-    for (pid, msg), expected in zip(transport.backwards, first_grads):
+    for (pid, msg), expected in zip(transport.backwards, first_grads, strict=True):
         assert msg.local_steps == q and msg.step and msg.then is None
         assert expected is not None and torch.allclose(msg.grad, expected, atol=1e-7), pid
 

@@ -124,7 +124,7 @@ def test_unsir_noise_raises_the_forget_class_loss_and_lives_only_at_parties(digi
         party = server.transport.parties[pid]
         assert party.buffers["unsir/noise"].shape == (16, *party.features.shape[1:])
     # parties receive gradients of their own embedding and small arguments, never labels or noise
-    for pid, request in seen:
+    for _pid, request in seen:
         assert isinstance(request, LocalOp)
         assert set(request.tensors) <= {"grad"}
         for t in request.tensors.values():
@@ -194,7 +194,7 @@ def test_cmf_wraps_another_method_and_recomputes_means_every_epoch(digits_experi
 def test_pair_mix_covers_every_pair_with_every_lambda() -> None:
     i, j, lam = pair_mix(4, [0.25, 0.5, 0.75])
     assert i.numel() == 6 * 3
-    assert set(zip(i.tolist(), j.tolist())) == {(a, b) for a in range(4) for b in range(a + 1, 4)}
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == {(a, b) for a in range(4) for b in range(a + 1, 4)}
     assert sorted(set(lam.tolist())) == [0.25, 0.5, 0.75]
 
 

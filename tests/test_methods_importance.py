@@ -112,7 +112,7 @@ def test_ssd_changes_only_selected_parameters(digits_experiment: Experiment) -> 
     n_forget = math.ceil(digits_experiment.forget.forget_ids.numel() / 64)
     changed_total = 0
     for pid, party in _parties(server).items():
-        for name, w0 in party.bottom.named_parameters():
+        for name, _w0 in party.bottom.named_parameters():
             i_d = party.buffers[f"ssd_full/{name}"] / n_full
             i_f = party.buffers[f"ssd_forget/{name}"] / n_forget
             selected = i_f > 10.0 * i_d
@@ -122,7 +122,7 @@ def test_ssd_changes_only_selected_parameters(digits_experiment: Experiment) -> 
             assert torch.allclose(new[selected], old[selected] * beta[selected], atol=1e-7)
             changed_total += int((new != old).sum())
         # importances are taken in eval mode: batch-norm statistics do not move
-        for name, buf in party.bottom.named_buffers():
+        for name, _buf in party.bottom.named_buffers():
             assert torch.equal(after[pid][name], before[pid][name]), (pid, name)
     assert changed_total > 0
     # forgetting the class: the forget set's accuracy falls, the retained set's mostly stays
@@ -155,7 +155,7 @@ def test_per_sample_fisher_equals_brute_force(digits_experiment: Experiment) -> 
             ]
             tensors = list(top_params.values()) + [p for q in _parties(server).values() for p in q.bottom.parameters()]
             grads = torch.autograd.grad(logp[k], tensors, retain_graph=True)
-            for key, g in zip(names, grads):
+            for key, g in zip(names, grads, strict=True):
                 if isinstance(key, tuple):
                     expected[key[0]][key[1]] += weight * g**2
                 else:

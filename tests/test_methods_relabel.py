@@ -168,14 +168,14 @@ def _monolithic_fgsm(server: Server, ids: torch.Tensor, bound: float) -> torch.T
     for p in parties:
         p.bottom.eval()
     server.top.eval()
-    logits = server.top(fuse([p.bottom(x) for p, x in zip(parties, xs)], server.fusion))
+    logits = server.top(fuse([p.bottom(x) for p, x in zip(parties, xs, strict=True)], server.fusion))
     grads = torch.autograd.grad(F.cross_entropy(logits, server.labels[ids]), xs)
     adv = []
-    for p, x, g in zip(parties, xs, grads):
+    for p, x, g in zip(parties, xs, grads, strict=True):
         lo, hi = p.features.amin(0), p.features.amax(0)
         adv.append(torch.minimum(torch.maximum(x.detach() + bound * (hi - lo) * g.sign(), lo), hi))
     with torch.no_grad():
-        return server.top(fuse([p.bottom(x) for p, x in zip(parties, adv)], server.fusion))
+        return server.top(fuse([p.bottom(x) for p, x in zip(parties, adv, strict=True)], server.fusion))
 
 
 @pytest.mark.parametrize("incorrect_only", [False, True])
@@ -205,7 +205,7 @@ def test_shrink_parties_see_only_their_own_gradient_and_ids(digits_experiment: E
     coordinator.run(build_method("boundary_shrink", {"epochs": 1}, "class"))
     ops = [(pid, r) for pid, r in seen if isinstance(r, LocalOp) and r.name == "boundary_fgsm"]
     assert len(ops) == len(server.party_ids) * len(torch.split(exp.forget.forget_ids, 64))
-    for pid, op in ops:
+    for _pid, op in ops:
         assert set(op.args) == {"bound"}
         assert set(op.tensors) <= {"ids", "grad", "next_ids"}
         assert op.tensors["grad"].shape == (op.tensors["ids"].numel(), exp.cfg.model.embedding_dim)

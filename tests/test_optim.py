@@ -27,7 +27,7 @@ def test_lean_sgd_matches_torch_sgd(momentum: float, wd: float) -> None:
             clear_grads(opt) if opt is ours else opt.zero_grad()
             loss.backward()
             opt.step()
-        for pa, pb in zip(a.parameters(), b.parameters()):
+        for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
             assert torch.allclose(pa, pb, atol=1e-6), f"step {step}"
 
 

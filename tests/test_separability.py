@@ -130,7 +130,7 @@ def test_fisher_minibatch_equals_full_batch(rng: np.random.Generator) -> None:
     x, y = x[perm], y[perm]
     metric = FisherRatio()
     edges = [0, 1, 2, 50, 51, 400, 1000]
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         assert metric.update(x[lo:hi], y[lo:hi]) is metric
     assert metric.n_samples == 1000
     full = fisher_ratio(x, y)

@@ -67,13 +67,15 @@ def test_protocol_gradients_equal_monolithic(case: str) -> None:
     leaves = [replies[pid].embedding.requires_grad_(True) for pid in server.party_ids]
     split_loss = F.cross_entropy(server.top(fuse(leaves, exp.cfg.model.fusion)), labels)
     split_loss.backward()
-    server.transport.exchange({pid: Backward(leaf.grad, step=False) for pid, leaf in zip(server.party_ids, leaves)})
+    server.transport.exchange(
+        {pid: Backward(leaf.grad, step=False) for pid, leaf in zip(server.party_ids, leaves, strict=True)}
+    )
 
     assert torch.allclose(split_loss, loss, atol=1e-6)
-    for (name, p_mono), p_split in zip(mono.top.named_parameters(), server.top.parameters()):
+    for (name, p_mono), p_split in zip(mono.top.named_parameters(), server.top.parameters(), strict=True):
         assert torch.allclose(p_split.grad, p_mono.grad, atol=1e-6, rtol=1e-5), f"top.{name}"
     for k, party in enumerate(parties):
-        for (name, p_mono), p_split in zip(mono.bottoms[k].named_parameters(), party.bottom.parameters()):
+        for (name, p_mono), p_split in zip(mono.bottoms[k].named_parameters(), party.bottom.parameters(), strict=True):
             assert torch.allclose(p_split.grad, p_mono.grad, atol=1e-6, rtol=1e-5), f"{party.party_id}.{name}"
 
 
@@ -100,10 +102,10 @@ def test_training_epoch_matches_monolithic_training() -> None:
         opt.step()
         sched.step()
 
-    for a, b in zip(mono.top.state_dict().values(), server.top.state_dict().values()):
+    for a, b in zip(mono.top.state_dict().values(), server.top.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-5)
     for k, party in enumerate(parties):
-        for a, b in zip(mono.bottoms[k].state_dict().values(), party.bottom.state_dict().values()):
+        for a, b in zip(mono.bottoms[k].state_dict().values(), party.bottom.state_dict().values(), strict=True):
             assert torch.allclose(a.float(), b.float(), atol=1e-5)
 
 

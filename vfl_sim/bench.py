@@ -247,7 +247,7 @@ def bench_runtimes(
     train_samples = int(exp.dataset.train_ids.size)
     mono_s = statistics.median(mono_t) / epochs
     rows = []
-    for name, server in servers.items():
+    for name in servers:
         stats = traffic[name]
         epoch_s = statistics.median(times[name]) / epochs
         rows.append(

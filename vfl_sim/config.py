@@ -53,22 +53,36 @@ class SyntheticConfig(_Section):
     """
 
     samples: Annotated[int, Field(ge=20, le=MAX_COUNT)] = 2000
+    """Samples drawn (split into train and test like the embedded datasets)."""
     features: Annotated[int, Field(ge=1, le=1_000_000)] = 20
+    """Feature columns, spread over the parties by the partition."""
     classes: Annotated[int, Field(ge=2, le=100_000)] = 4
+    """Number of classes."""
     informative_per_party: Annotated[int, Field(ge=1, le=1_000_000)] = 4
+    """Informative columns in every party's share."""
     structure: Literal["planted", "mixed"] = "planted"
+    """``planted``: each class its own columns in every party; ``mixed``: random class means."""
     separation: Annotated[float, Field(gt=0)] = 2.0
+    """Distance of the class means in the informative columns."""
     noise: Annotated[float, Field(gt=0)] = 1.0
+    """Standard deviation of the Gaussian noise of every column."""
 
 
 class DataConfig(_Section):
     name: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
+    """The dataset: the embedded ``digits``, ``breast_cancer``, ``wine``, ``synthetic``, or a torchvision set
+    read from ``root``."""
     root: str | None = None
+    """Folder of a torchvision dataset, laid out as torchvision writes it (no checksum step)."""
     download: bool = False
+    """Let torchvision download the dataset into ``root`` (only where there is internet)."""
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    """Held-out share of the stratified split of the embedded datasets (torchvision sets keep their official split)."""
     # The split has its own seed so that sweeping `seed` varies training, not which samples are held out.
     split_seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+    """Seed of the train/test split, apart from ``seed``."""
     synthetic: SyntheticConfig = SyntheticConfig()
+    """Settings of ``name: synthetic``."""
 
 
 class PartitionConfig(_Section):
@@ -83,8 +97,11 @@ class PartitionConfig(_Section):
     """
 
     parties: Annotated[int, Field(ge=1, le=10_000)] = 2
+    """Number of passive parties."""
     scheme: Literal["auto", "strips", "contiguous", "random", "columns"] = "auto"
+    """How the columns are split among the parties (see above)."""
     columns: list[list[Annotated[int, Field(ge=0)] | str]] | None = None
+    """With ``scheme: columns``: one list per party of column indices, or names where the dataset names its columns."""
 
     @model_validator(mode="after")
     def _columns_match_scheme(self) -> PartitionConfig:
@@ -111,15 +128,26 @@ class ModelConfig(_Section):
     """
 
     bottom: Literal["auto", "mlp", "cnn", "mirage"] = "auto"
+    """Each party's bottom model: ``mlp``, ``cnn`` (one conv-BN-ReLU-pool block per ``cnn_channels`` entry),
+    ``mirage``; ``auto``: ``cnn`` for images, ``mlp`` otherwise."""
     embedding_dim: Annotated[int, Field(ge=1)] = 32
+    """Width of each party's embedding (256 with ``bottom: mirage`` unless given)."""
     bottom_hidden: list[Annotated[int, Field(ge=1)]] = [64]
+    """Hidden widths of an ``mlp`` bottom."""
     batch_norm: bool = True
+    """Batch normalization in the bottom models."""
     bottom_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Dropout in the bottom models."""
     cnn_channels: list[Annotated[int, Field(ge=1)]] = [32, 64]
+    """Channels of the ``cnn`` bottom's blocks."""
     top: Literal["linear", "mlp"] = "mlp"
+    """The server's top model."""
     top_hidden: list[Annotated[int, Field(ge=1)]] = [64]
+    """Hidden widths of an ``mlp`` top."""
     top_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Dropout in the top model."""
     fusion: Literal["concat", "sum", "mean"] = "concat"
+    """How the top model combines the party embeddings."""
 
     @model_validator(mode="after")
     def _mirage_preset(self) -> ModelConfig:
@@ -130,10 +158,15 @@ class ModelConfig(_Section):
 
 class OptimConfig(_Section):
     optimizer: Literal["sgd", "adam"] = "sgd"
+    """Optimizer of every role."""
     lr: Annotated[float, Field(gt=0)] = 0.05
+    """Learning rate."""
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    """SGD momentum."""
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+    """Weight decay."""
     schedule: Literal["constant", "cosine"] = "cosine"
+    """Learning-rate schedule; ``cosine`` is per step."""
 
 
 class TrainConfig(OptimConfig):
@@ -150,8 +183,11 @@ class TrainConfig(OptimConfig):
     """
 
     epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 30
+    """Epochs of the original model (and of ``retrain``)."""
     batch_size: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 64
+    """Minibatch size; one communication round per batch."""
     local_steps: Annotated[int, Field(ge=1, le=10_000)] = 1
+    """FedBCD-p local updates Q per round (see above); 1 is exact split learning."""
 
 
 class ForgetConfig(_Section):
@@ -165,13 +201,21 @@ class ForgetConfig(_Section):
     """
 
     kind: Literal["class", "samples", "party", "features"] = "class"
+    """What is forgotten: ``class``, ``samples``, ``party`` or ``features``."""
     id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
+    """The request's id in the ledger (default: derived from the request's content)."""
     classes: list[Annotated[int, Field(ge=0)]] | None = None
+    """``kind: class``: the classes whose training samples go."""
     ids: list[Annotated[int, Field(ge=0)]] | None = None
+    """``kind: samples``: training sample ids (a test id or an unknown id is an error)."""
     fraction: Annotated[float, Field(gt=0, lt=1)] | None = None
+    """``kind: samples``: a seeded fraction of the training set instead of ids."""
     stratified: bool = False
+    """With ``fraction``: the same fraction of every class (at least one each)."""
     party: str | None = None
+    """``kind: party`` or ``features``: the party, such as ``party_1``."""
     columns: list[int | str] | None = None
+    """``kind: features``: the party's columns, by name or global index."""
 
     @model_validator(mode="after")
     def _one_target(self) -> ForgetConfig:
@@ -213,9 +257,13 @@ class MethodSpec(_Section):
     its model in the report (``label``, by default ``name``; set it to run a method twice)."""
 
     name: str
+    """A registered method (``vfl-sim methods`` lists them), or ``all`` for every method that takes the
+    request's kind."""
     params: dict[str, Any] = {}
+    """The method's parameters (its defaults otherwise; see the methods catalogue)."""
     # The label names the model's checkpoint folder: one path component.
     label: Annotated[str, Field(min_length=1, max_length=100, pattern=NAME_PATTERN)] | None = None
+    """The model's name in the report and its checkpoint folder (default: ``name``)."""
 
     @property
     def model_name(self) -> str:
@@ -245,15 +293,25 @@ class CertificateThresholds(_Section):
     """
 
     utility: Annotated[float, Field(ge=0, le=1)] = 0.03
+    """Retained test accuracy below retrain's."""
     forget_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.05
+    """Forgotten test and train accuracy, either side of retrain's."""
     membership_auc: Annotated[float, Field(ge=0, le=1)] = 0.05
+    """Membership attack AUC, either side of retrain's."""
     lpr_gap: Annotated[float, Field(ge=0, le=1)] = 0.05
+    """Mean LPR gap, fused and per party."""
     layer_lpr_gap: Annotated[float, Field(ge=0, le=1)] = 0.10
+    """Mean LPR gap at every bottom-model layer."""
     class_recovery: Annotated[float, Field(ge=0, le=1)] = 0.10
+    """Multi-class probe accuracy on the forgotten classes above retrain's."""
     feature_recovery_gap: Annotated[float, Field(ge=0, le=1)] = 0.05
+    """R^2 gap of the removed columns (party and feature requests)."""
     party_dependence: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Share of predictions that change when a departed party's embedding is shuffled."""
     relearning_gap: Annotated[float, Field(ge=0, le=1)] = 0.10
+    """Mean forgotten accuracy over the relearning attack above retrain's, per phase."""
     model_completion: Annotated[float, Field(ge=0, le=1)] = 0.10
+    """A party's model-completion accuracy (or membership AUC) on the forgotten data above retrain's."""
 
 
 class RelearningConfig(_Section):
@@ -266,16 +324,22 @@ class RelearningConfig(_Section):
     forgotten accuracy that counts as recovered."""
 
     enabled: bool = True
+    """Run the relearning attack (class requests)."""
     steps: Annotated[int, Field(ge=1, le=1000)] = 10
+    """Full-batch SGD steps of the ``top`` and ``full`` phases."""
     per_class: Annotated[int, Field(ge=1)] = 8
+    """Labeled training samples of every class the attacker fine-tunes on."""
     lr: Annotated[float, Field(gt=0)] = 0.01
+    """SGD learning rate of the ``top`` and ``full`` phases."""
     phases: list[Literal["top", "full", "head"]] = ["top", "full", "head"]
+    """The phases to run, each from the model's snapshot."""
     head_steps: Annotated[int, Field(ge=1, le=10000)] = 50
     """Updates of the re-initialized output layer in the ``head`` phase (50: enough for a fresh
     layer to fit the attack set on digits)."""
     head_lr: Annotated[float, Field(gt=0)] = 0.1
     """Adam learning rate of the ``head`` phase."""
     threshold: Annotated[float, Field(gt=0, le=1)] = 0.5
+    """Forgotten test accuracy that counts as recovered (``steps_to_recover``)."""
 
     @field_validator("phases")
     @classmethod
@@ -290,8 +354,11 @@ class ReferenceFreeConfig(_Section):
     each trained on ``fraction`` of the retained training audit samples."""
 
     enabled: bool = True
+    """Run the reference-free audit (class and sample requests)."""
     models: Annotated[int, Field(ge=2, le=50)] = 5
+    """Verification models."""
     fraction: Annotated[float, Field(gt=0, le=1)] = 0.15
+    """Share of the retained training audit samples each verification model trains on."""
 
 
 class ModelCompletionConfig(_Section):
@@ -302,9 +369,13 @@ class ModelCompletionConfig(_Section):
     Off by default."""
 
     enabled: bool = False
+    """Run the model-completion audit."""
     labeled: Annotated[int, Field(ge=2, le=MAX_COUNT)] = 40
+    """Labeled training samples the party has (40 in the attack papers)."""
     draws: Annotated[int, Field(ge=1, le=1000)] = 10
+    """Seeded draws of the labeled set; the interval is over them."""
     C: Annotated[float, Field(gt=0)] = 1.0
+    """Inverse L2 strength of the party's logistic-regression head."""
 
 
 class CalibrationConfig(_Section):
@@ -315,14 +386,18 @@ class CalibrationConfig(_Section):
     turns calibration off: the floors are the tolerances."""
 
     retrains: Annotated[int, Field(ge=0, le=20)] = 2
+    """Extra retrains, each from its own seed; 0 turns calibration off."""
     quantile: Annotated[float, Field(gt=0, le=1)] = 0.95
+    """Quantile of their spread around ``retrain`` that sets each tolerance."""
 
 
 class AuditorSpec(_Section):
     """A registered auditor to run besides the built-in ones, and its constructor arguments."""
 
     name: str
+    """A registered auditor."""
     params: dict[str, Any] = {}
+    """Keyword arguments of its constructor."""
 
 
 class AuditConfig(_Section):
@@ -330,20 +405,31 @@ class AuditConfig(_Section):
     whose results land in ``models.<model>.<section>`` of the report."""
 
     auditors: list[AuditorSpec] = []
+    """Registered auditors to run besides the built-in ones: names, or ``{name: ..., params: {...}}``."""
     probe_eval_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.3
+    """Held-out share of each linear probe's stratified split."""
     probe_C: Annotated[float, Field(gt=0)] = 1.0
+    """Inverse L2 regularization of the logistic-regression probes."""
     max_samples: Annotated[int, Field(ge=10)] = 5000
+    """Cap on the audit samples of each group (test, forget train, retain train)."""
     probe_repeats: Annotated[int, Field(ge=1, le=100)] = 5
+    """Stratified probe splits behind the LPR intervals (1: no interval)."""
     seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
     """Seed of the audit's own randomness (audit samples, probe splits, bootstraps, the
     relearning attack's samples); unset: derived from ``seed``. Re-auditing a run with other
     audit seeds shows how much a verdict owes to them."""
     certificate: CertificateThresholds = CertificateThresholds()
+    """Tolerance floors of the certificate."""
     calibration: CalibrationConfig = CalibrationConfig()
+    """Calibration retrains that set the tolerances."""
     relearning: RelearningConfig = RelearningConfig()
+    """The relearning attack."""
     reference_free: ReferenceFreeConfig = ReferenceFreeConfig()
+    """The reference-free audit."""
     model_completion: ModelCompletionConfig = ModelCompletionConfig()
+    """The model-completion audit (a passive party's head on its own embeddings)."""
     plots: bool = True
+    """Write ``plots/*.png``."""
 
     @field_validator("auditors", mode="before")
     @classmethod
@@ -364,12 +450,20 @@ class FlowerConfig(_Section):
     """
 
     superlink: str | None = None
+    """``flower-deploy``: ``host:port`` of a running SuperLink with one SuperNode per party; none: start them
+    on 127.0.0.1."""
     root_certificates: str | None = None
+    """CA certificate of a TLS SuperLink at ``superlink``."""
     connect_timeout: Annotated[float, Field(gt=0)] = 120.0
+    """Seconds to wait for every party's SuperNode; then an error naming the missing parties."""
     round_timeout: Annotated[float, Field(gt=0)] = 120.0
+    """Seconds to wait for one round's replies; then an error naming the silent parties."""
     run_timeout: Annotated[float, Field(gt=0)] = 24 * 3600.0
+    """Seconds for the whole run; then it is stopped."""
     poll_interval: Annotated[float, Field(gt=0)] = 0.02
+    """Seconds between the ServerApp's pulls of replies."""
     client_cpus: Annotated[int, Field(ge=1)] = 1
+    """``flower-sim``: CPUs of each simulated ClientApp (``client-resources-num-cpus``)."""
 
     @field_validator("superlink")
     @classmethod
@@ -394,11 +488,17 @@ class RayConfig(_Section):
     """
 
     address: str | None = None
+    """A running cluster: ``host:port``, ``ray://host:port`` or ``auto``; none: ``$RAY_ADDRESS``, else a local Ray."""
     num_cpus: Annotated[int, Field(ge=1)] | None = None
+    """Logical CPUs of the local Ray (default: parties x ``party_cpus``; not with an address)."""
     party_cpus: Annotated[float, Field(gt=0)] = 1.0
+    """CPUs each party actor asks Ray for."""
     party_gpus: Annotated[float, Field(ge=0)] = 0.0
+    """GPUs each party actor asks Ray for; ``device: cuda`` needs more than 0."""
     start_timeout: Annotated[float, Field(gt=0)] = 120.0
+    """Seconds for every actor to be placed and built."""
     round_timeout: Annotated[float, Field(gt=0)] = 600.0
+    """Seconds for one round's replies."""
 
     @field_validator("address")
     @classmethod
@@ -443,6 +543,7 @@ class PartyConfig(_Section):
     """
 
     behaviour: PartyBehaviour = HONEST
+    """``honest`` follows the protocol; ``ignore_unlearning`` keeps its pre-unlearning bottom."""
 
 
 class ExperimentConfig(_Section):
@@ -450,26 +551,42 @@ class ExperimentConfig(_Section):
 
     # The default run folder is runs/<name>-<time>: a name is one path component.
     name: Annotated[str, Field(min_length=1, max_length=100, pattern=NAME_PATTERN)] = "experiment"
+    """Run name: the report's title and the default run folder ``runs/<name>-<time>``."""
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+    """Seeds every initialization, batch order, method and probe (derived per purpose)."""
     runtime: Literal["local", "flower-sim", "flower-deploy", "ray"] = "local"
+    """Where the parties live: ``local`` (in-process), ``ray`` (a Ray actor each), ``flower-sim`` (Flower
+    simulation on Ray), ``flower-deploy`` (SuperLink and SuperNodes)."""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    """Torch device of every role."""
     threads: Annotated[int, Field(ge=0, le=4096)] = 0
     """Torch intra-op threads of every process that computes for the run: the driver, every Ray
     party actor, Flower's ServerApp and every ClientApp. 0: the count torch uses in the process
     that starts the run, resolved there once and handed to the others, so that every runtime
     gives the same numbers (they depend on the count); the report's ``threads`` records it."""
     plugins: list[str] = []
+    """Modules (``mymethods``) or files (``lib/mymethods.py``), found next to the config or in the working
+    directory, imported first so their registrations run."""
     data: DataConfig = DataConfig()
+    """The dataset."""
     partition: PartitionConfig = PartitionConfig()
+    """How the columns are split among the parties."""
     model: ModelConfig = ModelConfig()
+    """Bottom and top models."""
     train: TrainConfig = TrainConfig()
+    """The training recipe of the original model."""
     forget: ForgetConfig = ForgetConfig(kind="class", classes=[0])
+    """The forget request."""
     methods: list[MethodSpec] = [MethodSpec(name="retrain"), MethodSpec(name="finetune"), MethodSpec(name="neggrad")]
+    """Methods to run: names, ``all``, or ``{name: ..., params: {...}, label: ...}``."""
     parties: dict[str, PartyConfig] = {}
     """Per-party settings, keyed by party id (``party_0`` ... ``party_<K-1>``)."""
     audit: AuditConfig = AuditConfig()
+    """The audits and the certificate."""
     flower: FlowerConfig = FlowerConfig()
+    """The Flower runtimes."""
     ray: RayConfig = RayConfig()
+    """``runtime: ray``."""
 
     @field_validator("methods", mode="before")
     @classmethod

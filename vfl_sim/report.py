@@ -4,7 +4,7 @@
 ``retrain`` among them): ``runtime_s``, ``communication``, ``output`` (accuracies as fractions)
 and ``representation`` (``fused`` and ``parties.<id>``, each with ``lpr``, ``lpr_auroc``,
 ``lpr_gap``, ``cka_original``, ``cka_retrain``). Later versions add keys; they do not rename
-these. The README documents every key.
+these. docs/report.md documents every key.
 """
 
 from __future__ import annotations

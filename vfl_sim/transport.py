@@ -89,7 +89,7 @@ class Transport(ABC):
     @abstractmethod
     def _exchange(self, requests: Mapping[str, Request]) -> dict[str, Reply]: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (a no-op by default: in-process transports hold nothing)
         """Release processes or connections the transport holds."""
 
 

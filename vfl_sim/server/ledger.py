@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ class RequestLedger:
         with open(self.path, "r+b" if self.path.exists() else "wb") as fh:
             fh.truncate(good)  # drop a torn last line before appending after it
             fh.seek(good)
-            stamped = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **event}
+            stamped = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), **event}
             fh.write((json.dumps(stamped, sort_keys=True) + "\n").encode())
             fh.flush()
             os.fsync(fh.fileno())

@@ -121,11 +121,17 @@ class PhaseParams(MethodParams):
     """Optimizer settings of one training phase of a method."""
 
     epochs: int = Field(5, ge=1)
+    """Epochs of the phase."""
     lr: float = Field(0.01, gt=0)
+    """Learning rate of every role's optimizer."""
     optimizer: Literal["sgd", "adam"] = "sgd"
+    """Optimizer of every role."""
     momentum: float = Field(0.9, ge=0, lt=1)
+    """SGD momentum."""
     weight_decay: float = Field(5e-4, ge=0)
+    """Weight decay."""
     schedule: Literal["constant", "cosine"] = "constant"
+    """Learning-rate schedule of the phase (``cosine``: per step)."""
     batch_size: int | None = Field(None, ge=1, description="default: the training batch size")
 
     def optim(self) -> OptimConfig:
