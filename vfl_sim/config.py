@@ -416,7 +416,10 @@ class ExperimentConfig(_Section):
     # The default run folder is runs/<name>-<time>: a name is one path component.
     name: Annotated[str, Field(min_length=1, max_length=100, pattern=NAME_PATTERN)] = "experiment"
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
-    runtime: Literal["local", "flower-sim", "flower-deploy", "ray"] = "local"
+    runtime: Annotated[str, Field(min_length=1)] = "local"
+    """Where the parties live: ``local``, ``ray``, ``flower-sim``, ``flower-deploy``, or a runtime
+    that a plugin registers (checked against the runtime registry once the plugins are
+    imported: :func:`vfl_sim.runtimes.base.check_runtime`)."""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     threads: Annotated[int, Field(ge=0, le=4096)] = 0
     """Torch intra-op threads of every process that computes for the run: the driver, every Ray
