@@ -12,36 +12,24 @@ same on every runtime), and the whole run's wall time (process start-up included
 from __future__ import annotations
 
 import argparse
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+from vfl_sim.bench import time_run
 from vfl_sim.config import config_from_dict, load_config
-from vfl_sim.experiment import prepare
-from vfl_sim.runtimes.flower_runtime import run_on_flower
 
 
 def measure(raw: dict[str, Any], runtime: str, parties: int, epochs: int, overrides: list[str]) -> dict[str, Any]:
-    cfg = config_from_dict(
-        raw,
-        [*overrides, f"runtime={runtime}", f"partition.parties={parties}", f"train.epochs={epochs}", "methods=[]"],
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run"
-        start = time.perf_counter()
-        report = prepare(cfg).run(out) if runtime == "local" else run_on_flower(cfg, out)
-        wall = time.perf_counter() - start
-    original = report["models"]["original"]
-    comm = original["communication"]
+    cfg = config_from_dict(raw, [*overrides, f"runtime={runtime}", f"partition.parties={parties}"])
+    run = time_run(cfg, epochs)
     return {
         "runtime": runtime,
         "parties": parties,
-        "s_per_epoch": original["runtime_s"] / epochs,
-        "rounds_per_epoch": comm["rounds"] / epochs,
-        "bytes_per_epoch": comm["bytes_total"] / epochs,
-        "wall_s": wall,
-        "retain_test_acc": original["output"]["retain_test_acc"],
+        "s_per_epoch": run["epoch_s"],
+        "rounds_per_epoch": run["rounds_per_epoch"],
+        "bytes_per_epoch": run["bytes_per_epoch"],
+        "wall_s": run["run_wall_s"],
+        "retain_test_acc": run["retain_test_acc"],
     }
 
 

@@ -1,14 +1,15 @@
 """Benchmark: the per-round (per-batch) cost of ``runtime: ray`` against ``local`` (and Flower).
 
 For each party count, the digits demo's original model (CNN bottoms, batch 64) is trained for a
-few epochs on the in-process parties and on Ray actor parties, timed as ``vfl_sim.bench`` times
-the split runtime: the same server, the same minibatches, one warm-up pass, then the median of
-``--repeats`` timings (local and Ray interleaved, so that load from other work on a shared machine
-hits both alike). A training round is one ``Backward`` (carrying the next batch's ``Embed``) to
-every party. Also reported: an empty round (an eval ``Embed`` of one sample to every party, which
-is the transport's own cost per round), and Ray's start-up (``ray.init`` and the actors, once
-per run). With ``--flower``, the ``flower-sim`` runtime is timed as ``benchmarks/flower_runtime.py``
-does it (the ServerApp's own training time of the original, from a whole run).
+few epochs on the in-process parties and on Ray actor parties, timed by ``vfl_sim.bench``'s
+loops (``time_split_epochs``, ``time_empty_round``): the same server, the same minibatches, one
+warm-up pass, then the median of ``--repeats`` timings (local and Ray interleaved, so that load
+from other work on a shared machine hits both alike). A training round is one ``Backward``
+(carrying the next batch's ``Embed``) to every party. Also reported: an empty round (an eval
+``Embed`` of one sample to every party, which is the transport's own cost per round), and Ray's
+start-up (``ray.init`` and the actors, once per run). With ``--flower``, the ``flower-sim``
+runtime is timed as ``benchmarks/flower_runtime.py`` does it (``vfl_sim.bench.time_run``: the
+ServerApp's own training time of the original, from a whole run).
 
     .venv/bin/python benchmarks/ray_runtime.py                        # digits, 2 and 4 parties
     .venv/bin/python benchmarks/ray_runtime.py --parties 2,4,8 --flower
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,38 +30,12 @@ from typing import Any
 import ray
 import torch
 
+from vfl_sim.bench import time_empty_round, time_run, time_split_epochs
 from vfl_sim.config import ExperimentConfig, config_from_dict, load_config
-from vfl_sim.experiment import Experiment, prepare
-from vfl_sim.protocol import Embed
+from vfl_sim.experiment import prepare
 from vfl_sim.runtimes.ray_runtime import init_ray, ray_transport
-from vfl_sim.seeding import seed_everything, torch_generator
-from vfl_sim.server.server import Server, count_batches, make_batches
-
-
-def _epochs(exp: Experiment, server: Server, epochs: int) -> tuple[float, int]:
-    """Seconds and rounds of ``epochs`` training epochs of the split model, as ``vfl_sim.bench``."""
-    cfg = exp.cfg
-    train_ids = torch.from_numpy(exp.dataset.train_ids)
-    steps = count_batches(train_ids.numel(), cfg.train.batch_size)
-    gen = torch_generator(1)
-    server.configure(cfg.train, epochs * steps)
-    rounds = server.transport.stats.rounds
-    start = time.perf_counter()
-    for _ in range(epochs):
-        server.run_epoch(make_batches(train_ids, cfg.train.batch_size, gen))
-    return time.perf_counter() - start, server.transport.stats.rounds - rounds
-
-
-def _empty_round(server: Server, n: int = 50) -> float:
-    """Median seconds of a round that asks every party for the eval embedding of one sample."""
-    request = Embed(torch.arange(1), train=False)
-    server.transport.broadcast(request)
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        server.transport.broadcast(request)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from vfl_sim.seeding import seed_everything
+from vfl_sim.server.server import Server
 
 
 def _row(runtime: str, parties: int, seconds: list[float], rounds: int, epochs: int, **extra: Any) -> dict[str, Any]:
@@ -93,11 +67,11 @@ def local_and_ray(cfg: ExperimentConfig, *, epochs: int, repeats: int) -> list[d
         runs: dict[str, tuple[Server, list[float]]] = {"local": (local, []), "ray": (remote, [])}
         rounds = {}
         for name, (server, _) in runs.items():  # warm-up: allocator, kernels, Ray's worker-side caches
-            _, rounds[name] = _epochs(exp, server, epochs)
+            rounds[name] = time_split_epochs(exp, server, epochs)[1].rounds
         for _ in range(repeats):
             for server, times in runs.values():
-                times.append(_epochs(exp, server, epochs)[0])
-        empty = {name: _empty_round(server) for name, (server, _) in runs.items()}
+                times.append(time_split_epochs(exp, server, epochs)[0])
+        empty = {name: time_empty_round(server) for name, (server, _) in runs.items()}
     finally:
         transport.close()
         ray.shutdown()
@@ -118,16 +92,11 @@ def local_and_ray(cfg: ExperimentConfig, *, epochs: int, repeats: int) -> list[d
 
 def flower_sim(cfg: ExperimentConfig, *, epochs: int) -> dict[str, Any]:
     """``flower-sim``: the original's training time from a whole run, per epoch."""
-    from vfl_sim.runtimes.flower_runtime import run_on_flower
-
-    flower_cfg = cfg.model_copy(update={"runtime": "flower-sim", "methods": []})
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        report = run_on_flower(flower_cfg, Path(tmp) / "run")
-        wall = time.perf_counter() - start
-    original = report["models"]["original"]
-    rounds = original["communication"]["rounds"]
-    return _row("flower-sim", cfg.partition.parties, [original["runtime_s"]], rounds, epochs, run_wall_s=wall)
+    run = time_run(cfg.model_copy(update={"runtime": "flower-sim"}), epochs)
+    rounds = round(run["rounds_per_epoch"] * epochs)
+    return _row(
+        "flower-sim", cfg.partition.parties, [run["epoch_s"] * epochs], rounds, epochs, run_wall_s=run["run_wall_s"]
+    )
 
 
 def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:

@@ -58,12 +58,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vfl_sim.bench import DEFAULT_CASES, bench_named_runtimes, int_list, ray_factory, synthetic_case
+from vfl_sim.bench import DEFAULT_CASES, bench_named_runtimes, int_list, ray_factory, synthetic_case, time_run
 from vfl_sim.config import ExperimentConfig, config_from_dict
 
 RUNTIMES = ("local", "ray")
@@ -91,7 +90,8 @@ def cases(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
 
 
 def flower_epoch_s(cfg: ExperimentConfig, epochs: int) -> dict[str, Any]:
-    """``flower-sim``: seconds, rounds and bytes per epoch of the original's training in a whole run.
+    """``flower-sim``: seconds, rounds and bytes per epoch of the original's training in a whole
+    run (:func:`vfl_sim.bench.time_run`).
 
     Parameters
     ----------
@@ -105,19 +105,8 @@ def flower_epoch_s(cfg: ExperimentConfig, epochs: int) -> dict[str, Any]:
     dict
         ``epoch_s``, ``rounds_per_epoch``, ``bytes_per_epoch_per_party``.
     """
-    from vfl_sim.runtimes.flower_runtime import run_on_flower
-
-    settings = ["runtime=flower-sim", f"train.epochs={epochs}", "methods=[]"]
-    flower_cfg = config_from_dict(cfg.model_dump(mode="json"), settings)
-    with tempfile.TemporaryDirectory() as tmp:
-        report = run_on_flower(flower_cfg, Path(tmp) / "run")
-    original = report["models"]["original"]
-    comm = original["communication"]
-    return {
-        "epoch_s": original["runtime_s"] / epochs,
-        "rounds_per_epoch": comm["rounds"] / epochs,
-        "bytes_per_epoch_per_party": comm["bytes_total"] / epochs / cfg.partition.parties,
-    }
+    run = time_run(cfg.model_copy(update={"runtime": "flower-sim"}), epochs)
+    return {k: run[k] for k in ("epoch_s", "rounds_per_epoch", "bytes_per_epoch_per_party")}
 
 
 def measure(

@@ -12,9 +12,14 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import torch
+from torch.overrides import TorchFunctionMode
 
-from vfl_sim.bench import bench_case, bench_named_runtimes, synthetic_case
+from tests.conftest import small_config
+from vfl_sim.bench import bench_case, bench_named_runtimes, features_device, synthetic_case, time_monolithic_epochs
 from vfl_sim.config import config_from_dict
+from vfl_sim.experiment import prepare
+from vfl_sim.models.monolithic import MonolithicModel
 
 ROOT = Path(__file__).resolve().parent.parent / "benchmarks"
 FOUR_CLASSES = ["--set", "data.synthetic.classes=4"]  # enough forgotten test samples for the audit's probe
@@ -53,6 +58,41 @@ def test_bench_case_keeps_its_keys() -> None:
     r = bench_case(cfg, epochs=1, repeats=1)
     assert r["train_samples"] == 200 and r["parties"] == 2 and r["steps_per_epoch"] == 2
     assert positive(r["split_epoch_s"]) and positive(r["monolithic_epoch_s"]) and positive(r["ratio"])
+
+
+class _IndexDevices(TorchFunctionMode):
+    """Records the device of every ``index_select`` index."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.device] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in (torch.Tensor.index_select, torch.index_select):
+            self.seen.append(args[2].device)
+        return func(*args, **(kwargs or {}))
+
+
+def test_monolithic_batches_index_the_features_on_their_device() -> None:
+    # Issue 12: on CUDA, index_select got the CPU batch index. The meta device stands in for a
+    # GPU here: the index must be moved to wherever the features are.
+    cfg = small_config(
+        data={"name": "synthetic", "synthetic": {"samples": 200, "features": 8, "classes": 3}},
+        partition={"parties": 2, "scheme": "contiguous"},
+        model={"bottom": "mlp"},
+        methods=[],
+    )
+    exp = prepare(cfg)
+    server = exp.build_server()
+    parties = list(server.transport.parties.values())  # type: ignore[attr-defined]
+    model = MonolithicModel([p.bottom for p in parties], server.top, cfg.model.fusion).to("meta")
+    features = [p.features.to("meta") for p in parties]
+    assert features_device(features) == torch.device("meta")
+    with _IndexDevices() as spy:
+        time_monolithic_epochs(exp, model, features, server.labels, 1)
+    assert spy.seen and set(spy.seen) == {torch.device("meta")}
+    with pytest.raises(ValueError, match="several devices"):
+        features_device([torch.zeros(1), torch.zeros(1, device="meta")])
 
 
 def test_bench_named_runtimes_refuses_unknown() -> None:

@@ -9,8 +9,8 @@ from tests.conftest import small_config
 from vfl_sim.config import ExperimentConfig
 from vfl_sim.experiment import prepare
 from vfl_sim.models.zoo import build_bottom, build_top
-from vfl_sim.parties.party import Party
-from vfl_sim.protocol import Backward, LocalOp
+from vfl_sim.parties.party import Party, registered_ops
+from vfl_sim.protocol import CORE_STEPS, Backward, CoreStep, LocalOp
 from vfl_sim.server.server import Server, make_batches
 from vfl_sim.transport import LocalTransport
 
@@ -74,3 +74,11 @@ def test_save_load_and_reset_states(digits_experiment) -> None:
     assert server.digests() == fresh
     server.reset(digits_experiment.top_seed)
     assert server.digests() == fresh  # reset returns every role to its initialization
+
+
+def test_core_steps_are_named_once_and_registered() -> None:
+    # The server, the experiment and the runtimes name core party steps through CoreStep; each
+    # name is registered by the party module (and LocalOp sizes stay those of the plain names).
+    assert len(set(CORE_STEPS)) == len(CORE_STEPS)
+    assert set(CORE_STEPS) <= set(registered_ops())
+    assert CoreStep.SAVE_STATE == "save_state" and type(CoreStep.SAVE_STATE) is str

@@ -37,7 +37,7 @@ from vfl_sim.experiment import prepare, read_report
 from vfl_sim.forget import ORIGINAL
 from vfl_sim.progress import ProgressReporter
 from vfl_sim.runfolder import partial_dir
-from vfl_sim.runtimes.base import run_experiment
+from vfl_sim.runtimes.base import check_runtime, run_experiment
 from vfl_sim.sweep_table import METRIC_NAMES, METRICS, columns, lookup
 
 __all__ = [
@@ -170,6 +170,7 @@ def run(
     if resume and out is None:
         raise ConfigError("resume=True needs out, the run folder to finish")
     folder = Path(out) if out is not None else _default_out(cfg.name)
+    check_runtime(cfg)
     report = run_experiment(
         prepare(cfg), folder, overwrite=overwrite, resume=resume, progress=ProgressReporter(enabled=progress)
     )

@@ -8,7 +8,12 @@ objects, per-role optimizers and the detach/re-attach of embeddings at the cut.
 :func:`bench_runtimes` times any number of runtimes against the same monolithic model (each
 runtime is a factory of the :class:`~vfl_sim.transport.Transport` that reaches its parties;
 ``None`` is the in-process ``local`` one); :func:`bench_case` is the ``local``-only case that
-``vfl-sim bench`` prints. The scripts under ``benchmarks/`` build on both.
+``vfl-sim bench`` prints. :func:`time_split_epochs`, :func:`time_monolithic_epochs`,
+:func:`time_empty_round` and :func:`time_run` are the timing loops themselves.
+
+This module is the library: every timing loop lives here, and both ``vfl-sim bench`` and the
+scripts under ``benchmarks/`` (which only pick cases, call these functions and print tables)
+import it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -29,6 +35,7 @@ from vfl_sim.config import ExperimentConfig, config_from_dict, load_config
 from vfl_sim.errors import ConfigError
 from vfl_sim.models.monolithic import MonolithicModel
 from vfl_sim.optim import build_optimizer, build_scheduler, clear_grads
+from vfl_sim.protocol import Embed
 from vfl_sim.seeding import seed_everything, torch_generator
 from vfl_sim.transport import CommStats, Transport
 
@@ -132,6 +139,67 @@ def time_split_epochs(exp: Experiment, server: Server, epochs: int) -> tuple[flo
     return time.perf_counter() - start, server.transport.stats.since(before)
 
 
+def features_device(features: Sequence[torch.Tensor]) -> torch.device:
+    """The one device every party's feature tensor is on (where a batch's index must be)."""
+    devices = {f.device for f in features}
+    if len(devices) != 1:
+        raise ValueError(f"the parties' features are on several devices: {sorted(str(d) for d in devices)}")
+    return devices.pop()
+
+
+def time_empty_round(server: Server, n: int = 50) -> float:
+    """Median seconds of a round that asks every party for the eval embedding of one sample: the
+    transport's own cost per round (after one untimed round)."""
+    request = Embed(torch.arange(1), train=False)
+    server.transport.broadcast(request)
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        server.transport.broadcast(request)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def time_run(cfg: ExperimentConfig, epochs: int) -> dict[str, Any]:
+    """A whole run of ``cfg`` (the original model only, ``epochs`` epochs) on the runtime its
+    config names, in a temporary run folder: what a runtime whose server runs elsewhere (Flower's
+    ServerApp) can be timed by.
+
+    Parameters
+    ----------
+    cfg
+        The experiment (its ``methods`` are dropped and ``train.epochs`` set to ``epochs``).
+    epochs
+        Training epochs of the run.
+
+    Returns
+    -------
+    dict
+        ``epoch_s`` (the run's own training time of the original per epoch, set-up rounds
+        included, start-up excluded), ``rounds_per_epoch``, ``bytes_per_epoch``,
+        ``bytes_per_epoch_per_party``, ``run_wall_s`` (the whole run, process start-up
+        included) and ``retain_test_acc`` of the original.
+    """
+    from vfl_sim.experiment import prepare
+    from vfl_sim.runtimes.base import run_experiment
+
+    run_cfg = config_from_dict(cfg.model_dump(mode="json"), [f"train.epochs={epochs}", "methods=[]"])
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        report = run_experiment(prepare(run_cfg), Path(tmp) / "run")
+        wall = time.perf_counter() - start
+    original = report["models"]["original"]
+    comm = original["communication"]
+    return {
+        "epoch_s": original["runtime_s"] / epochs,
+        "rounds_per_epoch": comm["rounds"] / epochs,
+        "bytes_per_epoch": comm["bytes_total"] / epochs,
+        "bytes_per_epoch_per_party": comm["bytes_total"] / epochs / run_cfg.partition.parties,
+        "run_wall_s": wall,
+        "retain_test_acc": original["output"]["retain_test_acc"],
+    }
+
+
 def time_monolithic_epochs(
     exp: Experiment, model: MonolithicModel, features: list[torch.Tensor], labels: torch.Tensor, epochs: int
 ) -> float:
@@ -162,12 +230,15 @@ def time_monolithic_epochs(
     gen = torch_generator(1)
     opt = build_optimizer(model.parameters(), cfg.train)
     sched = build_scheduler(opt, cfg.train.schedule, epochs * count_batches(train_ids.numel(), cfg.train.batch_size))
+    device = features_device(features)
+    labels = labels.to(device)
     model.train()
     start = time.perf_counter()
     for _ in range(epochs):
         for batch in make_batches(train_ids, cfg.train.batch_size, gen):
-            logits = model([f.index_select(0, batch) for f in features])
-            loss = F.cross_entropy(logits, labels[batch])
+            index = batch.to(device)  # the batches are cut on the CPU; index_select wants the features' device
+            logits = model([f.index_select(0, index) for f in features])
+            loss = F.cross_entropy(logits, labels[index])
             clear_grads(opt)
             loss.backward()
             opt.step()

@@ -190,9 +190,10 @@ def print_results(report: dict[str, Any], console: Console) -> None:
 def _run(cfg: Any, out: Path | None, overwrite: bool, quiet: bool, resume: bool = False) -> int:
     from vfl_sim.experiment import prepare
     from vfl_sim.progress import ProgressReporter
-    from vfl_sim.runtimes.base import run_experiment
+    from vfl_sim.runtimes.base import check_runtime, run_experiment
 
     console = _setup_logging(quiet)
+    check_runtime(cfg)  # imports the plugins, which may register it; before the data is loaded
     exp = prepare(cfg)
     if resume and out is None:
         raise ConfigError("--resume needs --out, the run folder to finish")
@@ -295,8 +296,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             from vfl_sim.experiment import prepare
             from vfl_sim.report import request_target
+            from vfl_sim.runtimes.base import check_runtime
 
-            exp = prepare(load_config(args.config, args.overrides))
+            cfg = load_config(args.config, args.overrides)
+            check_runtime(cfg)
+            exp = prepare(cfg)
             f = exp.forget
             print(
                 f"ok: {exp.dataset.name}, {len(exp.slices)} parties, forget {f.kind}: {request_target(f.describe())} "

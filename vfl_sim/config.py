@@ -554,9 +554,10 @@ class ExperimentConfig(_Section):
     """Run name: the report's title and the default run folder ``runs/<name>-<time>``."""
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     """Seeds every initialization, batch order, method and probe (derived per purpose)."""
-    runtime: Literal["local", "flower-sim", "flower-deploy", "ray"] = "local"
-    """Where the parties live: ``local`` (in-process), ``ray`` (a Ray actor each), ``flower-sim`` (Flower
-    simulation on Ray), ``flower-deploy`` (SuperLink and SuperNodes)."""
+    runtime: Annotated[str, Field(min_length=1)] = "local"
+    """Where the parties live: ``local``, ``ray``, ``flower-sim``, ``flower-deploy``, or a runtime
+    that a plugin registers (checked against the runtime registry once the plugins are
+    imported: :func:`vfl_sim.runtimes.base.check_runtime`)."""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     """Torch device of every role."""
     threads: Annotated[int, Field(ge=0, le=4096)] = 0

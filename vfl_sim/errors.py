@@ -40,3 +40,9 @@ def os_error_text(exc: OSError) -> str:
     """An ``OSError`` in a few words: its reason and the path it is about."""
     reason = exc.strerror or type(exc).__name__
     return f"{reason}: {exc.filename}" if exc.filename else reason
+
+
+def error_line(exc: BaseException) -> str:
+    """``Type: first line of the message``."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -108,6 +108,41 @@ class LocalOp:
 Request = Embed | Backward | LocalOp
 
 
+class CoreStep:
+    """Names of the core party-side steps (:class:`LocalOp` names that every party answers,
+    registered in :mod:`vfl_sim.parties.party`): the server, the experiment and the runtimes
+    name them through these constants, never as bare strings. A method's own party-side steps
+    are named in the method's module.
+    """
+
+    CONFIGURE = "configure"
+    """A fresh optimizer (and schedule) for the next training phase."""
+    BEGIN_METHOD = "begin_method"
+    """A method starts: drop its predecessor's tensors, restart the party's random stream."""
+    CLEAR_BUFFERS = "clear_buffers"
+    """Drop the previous method's party-side tensors."""
+    SAVE_STATE = "save_state"
+    """Keep the current bottom model under a name (in memory)."""
+    LOAD_STATE = "load_state"
+    """Make a saved state current; answers whether it is finite."""
+    RESET = "reset"
+    """Re-initialize the bottom model (from a seed)."""
+    CHECKPOINT = "checkpoint"
+    """Write a saved (or the current) state to a file."""
+    LOAD_CHECKPOINT = "load_checkpoint"
+    """Read a state file back under a name."""
+    DIGEST = "digest"
+    """SHA-256 of the current (or a saved) state."""
+    MASK_COLUMNS = "mask_columns"
+    """Stop the current model from reading some of the party's columns."""
+    MASKED_COLUMNS = "masked_columns"
+    """Which columns the current model no longer reads."""
+
+
+CORE_STEPS: tuple[str, ...] = tuple(v for k, v in vars(CoreStep).items() if k.isupper())
+"""Every core party-side step name."""
+
+
 @dataclass(frozen=True)
 class EmbedReply:
     """A party's embedding of the requested ids, and its named layer activations if asked."""

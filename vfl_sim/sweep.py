@@ -28,7 +28,6 @@ import shutil
 import socket
 import time
 import traceback
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -52,7 +51,7 @@ from vfl_sim.config import (
     read_yaml,
     set_dotted,
 )
-from vfl_sim.errors import ConfigError, RunFolderError, VflSimError, os_error_text
+from vfl_sim.errors import ConfigError, RunFolderError, VflSimError, error_line, os_error_text
 from vfl_sim.runfolder import partial_dir, write_atomic
 from vfl_sim.sweep_table import (
     FAILED,
@@ -403,12 +402,6 @@ def run_cell(raw: dict[str, Any], out_dir: str, resume: bool) -> dict[str, Any]:
     }
 
 
-def error_line(exc: BaseException) -> str:
-    """``Type: first line of the message``."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 # --------------------------------------------------------------------------------------------
 # Running
 
@@ -507,37 +500,23 @@ def _available_cpus() -> int:
 @contextmanager
 def ray_session(address: str | None, cpus: int, runtime_env: dict[str, Any] | None) -> Iterator[int]:
     """Start a local Ray with ``cpus`` CPUs (``address`` None) or connect to the cluster at
-    ``address``; yields the CPUs the cluster has, and always shuts Ray down (a local Ray's
-    processes end with it)."""
+    ``address`` (:func:`vfl_sim.runtimes.ray_start.ray_session`); yields the CPUs the cluster
+    has, and shuts Ray down afterwards (a local Ray's processes end with it)."""
     import ray
 
-    # No usage report from machines that may have no network; no dashboard, no worker output
-    # in the driver's terminal (each cell's log stays in Ray's session folder).
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    kwargs: dict[str, Any] = {
-        "include_dashboard": False,
-        "dashboard_host": "127.0.0.1",  # were a dashboard started: this machine only
-        "log_to_driver": False,
-        "logging_level": logging.WARNING,
-        "runtime_env": runtime_env,
-    }
-    if address is None:
+    from vfl_sim.runtimes.ray_start import ray_session as connected
+
+    with connected(
+        address,
+        num_cpus=cpus,
         # Reports are the only objects; a small store avoids reserving 30 % of memory.
-        kwargs.update(address="local", num_cpus=cpus, object_store_memory=256 * 1024**2)
-    else:
-        kwargs.update(address=address)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # Ray's notice about accelerator env vars
-            ray.init(**kwargs)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        ray.shutdown()
-        where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise ConfigError(f"cannot start {where}: {error_line(exc)}") from None
-    try:
+        local_options={"object_store_memory": 256 * 1024**2},
+        # No worker output in the driver's terminal (each cell's log stays in Ray's session folder).
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        runtime_env=runtime_env,
+    ):
         yield int(ray.cluster_resources().get("CPU", cpus))
-    finally:
-        ray.shutdown()
 
 
 def run_sweep(
@@ -576,13 +555,13 @@ def run_sweep(
     """
     import ray
 
+    from vfl_sim.runtimes.ray_start import ray_address as resolve_ray_address
+
     start = time.perf_counter()
     out = Path(out).absolute()  # workers may not share the driver's working directory
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1 (got {workers})")
-    address = ray_address if ray_address is not None else os.environ.get("RAY_ADDRESS") or None
-    if address == "local":
-        address = None
+    address = resolve_ray_address(ray_address)
     _check_out(sweep, out, overwrite)
 
     try:

@@ -13,7 +13,7 @@ For every model, on the fused embedding and on each party's own embedding:
   the gap to the model that never saw the data is.
 - ``lpr_interval``, ``lpr_gap_interval``, ``lpr_mean``, ``lpr_gap_mean``: 95 % percentile
   intervals and means of LPR and of the gap over ``repeats`` stratified splits (split 0 is the
-  one ``lpr`` reports), the gap paired split by split (:func:`vfl_sim.audits.probe.probe_many_ci`); the
+  one ``lpr`` reports), the gap paired split by split (:func:`vfl_sim.audits.probe_ci.probe_many_ci`); the
   reference code reports one split. The certificate judges the mean, which is steadier than
   any single split.
 - ``cka_original``, ``cka_retrain``: centered linear CKA (Kornblith et al., ICML 2019) to the

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from vfl_sim.errors import RunFolderError
-from vfl_sim.protocol import LocalOp
+from vfl_sim.protocol import CoreStep, LocalOp
 from vfl_sim.server.server import Server
 
 log = logging.getLogger("vfl_sim")
@@ -75,7 +75,10 @@ def save_checkpoint(server: Server, name: str, folder: Path, run: dict[str, Any]
     (target / DONE_MARK).unlink(missing_ok=True)
     torch.save(server.states[name], target / "top.pt")
     server.transport.exchange(
-        {pid: LocalOp("checkpoint", {"path": str(target / f"{pid}.pt"), "name": name}) for pid in server.party_ids}
+        {
+            pid: LocalOp(CoreStep.CHECKPOINT, {"path": str(target / f"{pid}.pt"), "name": name})
+            for pid in server.party_ids
+        }
     )
     tmp = target / (DONE_MARK + ".tmp")
     tmp.write_text(json.dumps(run))
@@ -101,7 +104,7 @@ def restore_checkpoint(server: Server, name: str, folder: Path) -> bool:
     try:
         server.transport.exchange(
             {
-                pid: LocalOp("load_checkpoint", {"path": str(target / f"{pid}.pt"), "name": name})
+                pid: LocalOp(CoreStep.LOAD_CHECKPOINT, {"path": str(target / f"{pid}.pt"), "name": name})
                 for pid in server.party_ids
             }
         )

@@ -32,7 +32,7 @@ from vfl_sim.optim import (
     build_scheduler,
     clear_grads,
 )
-from vfl_sim.protocol import Ack, Backward, Embed, EmbedReply, LocalOp, Reply, Request
+from vfl_sim.protocol import Ack, Backward, CoreStep, Embed, EmbedReply, LocalOp, Reply, Request
 from vfl_sim.seeding import derive_seed
 
 OpFn = Callable[..., dict[str, Any] | None]
@@ -194,7 +194,7 @@ class Party:
         if self.kept is None or isinstance(request, Embed):
             return self._handle(request)
         # ignore_unlearning, inside a method: answer, then put the kept bottom model back.
-        saving = isinstance(request, LocalOp) and request.name == "save_state"
+        saving = isinstance(request, LocalOp) and request.name == CoreStep.SAVE_STATE
         if saving:
             self._restore_kept()
         reply = self._handle(request)
@@ -414,7 +414,7 @@ class Party:
         self._pending = self._replay = None
 
 
-@party_op("configure")
+@party_op(CoreStep.CONFIGURE)
 def _configure(
     party: Party,
     optim: dict[str, Any],
@@ -438,7 +438,7 @@ def _configure(
         party.phase.update(grad_hook=grad_hook, hook_args=hook_args or {})
 
 
-@party_op("begin_method")
+@party_op(CoreStep.BEGIN_METHOD)
 def _begin_method(party: Party, seed: int, model: str | None = None) -> None:
     """A method starts: drop the previous method's tensors and restart the party's random
     stream from the method's seed, so each method draws the same masks whatever ran before it
@@ -451,18 +451,18 @@ def _begin_method(party: Party, seed: int, model: str | None = None) -> None:
         party.kept, party.kept_for = clone_state(party.bottom), model
 
 
-@party_op("clear_buffers")
+@party_op(CoreStep.CLEAR_BUFFERS)
 def _clear_buffers(party: Party) -> None:
     """Forget the previous method's party-side tensors (called when a method starts)."""
     party.buffers = {}
 
 
-@party_op("save_state")
+@party_op(CoreStep.SAVE_STATE)
 def _save_state(party: Party, name: str) -> None:
     party.states[name] = clone_state(party.bottom)
 
 
-@party_op("load_state")
+@party_op(CoreStep.LOAD_STATE)
 def _load_state(party: Party, name: str) -> dict[str, Any]:
     """Make a saved state current; answers whether it is finite (:func:`_finite`), so the
     server learns of a diverged bottom without another round trip."""
@@ -473,12 +473,12 @@ def _load_state(party: Party, name: str) -> dict[str, Any]:
     return _finite(party)
 
 
-@party_op("reset")
+@party_op(CoreStep.RESET)
 def _reset(party: Party, seed: int | None = None) -> None:
     party.reset_parameters(party.init_seed if seed is None else seed)
 
 
-@party_op("checkpoint")
+@party_op(CoreStep.CHECKPOINT)
 def _checkpoint(party: Party, path: str, name: str | None = None) -> dict[str, Any]:
     """Write a saved state (or the current one) to ``path``; the party writes its own file."""
     state = party.states[name] if name is not None else party.bottom.state_dict()
@@ -488,12 +488,12 @@ def _checkpoint(party: Party, path: str, name: str | None = None) -> dict[str, A
     return {"bytes": target.stat().st_size}
 
 
-@party_op("load_checkpoint")
+@party_op(CoreStep.LOAD_CHECKPOINT)
 def _load_checkpoint(party: Party, path: str, name: str) -> None:
     party.states[name] = torch.load(path, map_location=party.device, weights_only=True)
 
 
-@party_op("digest")
+@party_op(CoreStep.DIGEST)
 def _digest(party: Party, name: str | None = None) -> dict[str, Any]:
     """SHA-256 of the current (or a saved) state: lets the server check nothing changed."""
     state = party.states[name] if name is not None else party.bottom.state_dict()
@@ -508,7 +508,7 @@ def _finite(party: Party) -> dict[str, Any]:
     return {"finite": bad is None, "tensor": bad}
 
 
-@party_op("mask_columns")
+@party_op(CoreStep.MASK_COLUMNS)
 def _mask_columns(party: Party, columns: list[int]) -> None:
     """Stop the current model from reading ``columns`` of this party's view (feature
     unlearning): their entries of the bottom model's input mask become zero."""
@@ -521,7 +521,7 @@ def _mask_columns(party: Party, columns: list[int]) -> None:
         mask[..., columns] = 0.0
 
 
-@party_op("masked_columns")
+@party_op(CoreStep.MASKED_COLUMNS)
 def _masked_columns(party: Party) -> dict[str, Any]:
     """The columns the current model does not read."""
     mask = party.bottom.input_mask.reshape(-1, party.bottom.input_mask.shape[-1])[0]

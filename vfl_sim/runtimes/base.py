@@ -8,8 +8,9 @@ implement :meth:`Runtime.parties`, a context that yields the
 overrides :meth:`Runtime.run`.
 
 Runtimes are registered by name, as methods and auditors are, and ``runtime:`` in the config
-picks one. The built-in ones are imported when first asked for, so Ray and Flower are loaded
-only by runs that use them::
+picks one: a built-in name or one that a plugin registers (the name is checked against this
+registry once the config's plugins are imported, :func:`check_runtime`). The built-in ones are
+imported when first asked for, so Ray and Flower are loaded only by runs that use them::
 
     @register_runtime("my-cluster")
     class MyCluster(Runtime):
@@ -27,14 +28,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
+from vfl_sim.config import ExperimentConfig
 from vfl_sim.errors import ConfigError
 from vfl_sim.experiment import Experiment
+from vfl_sim.plugins import import_plugins
 from vfl_sim.progress import ProgressReporter
 from vfl_sim.registry import Registry
 from vfl_sim.runfolder import check_before_start
 from vfl_sim.transport import Transport
 
-__all__ = ["RUNTIMES", "Runtime", "available_runtimes", "get_runtime", "register_runtime", "run_experiment"]
+__all__ = [
+    "RUNTIMES",
+    "Runtime",
+    "available_runtimes",
+    "check_runtime",
+    "get_runtime",
+    "register_runtime",
+    "run_experiment",
+]
 
 
 class Runtime:
@@ -104,8 +115,28 @@ _BUILT_IN = {
 }
 
 
+def unknown_runtime(name: str) -> ConfigError:
+    """The one-line error of a ``runtime:`` that names no registered runtime."""
+    return ConfigError(
+        f"runtime: unknown runtime '{name}'; known: {', '.join(available_runtimes())} "
+        "(a plugin adds one with @register_runtime)"
+    )
+
+
+def check_runtime(cfg: ExperimentConfig) -> None:
+    """Check that ``cfg.runtime`` names a runtime, after importing ``cfg``'s plugins (which may
+    register it); raises :func:`unknown_runtime`'s :class:`ConfigError`. Starts nothing and
+    imports no built-in runtime (so Ray or Flower need not be installed to validate)."""
+    import_plugins(cfg.plugins)
+    if cfg.runtime not in available_runtimes():
+        raise unknown_runtime(cfg.runtime)
+
+
 def get_runtime(name: str) -> Runtime:
-    """The runtime registered as ``name`` (a built-in one is imported first)."""
+    """The runtime registered as ``name`` (a built-in one is imported first); an unknown name
+    is :func:`unknown_runtime`'s :class:`ConfigError`."""
+    if name not in available_runtimes():
+        raise unknown_runtime(name)
     if name in _BUILT_IN and name not in RUNTIMES.names():
         try:
             importlib.import_module(_BUILT_IN[name])

@@ -24,7 +24,6 @@ import math
 import os
 import sys
 import uuid
-import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +45,7 @@ from vfl_sim.plugins import import_plugins
 from vfl_sim.progress import ProgressReporter
 from vfl_sim.protocol import Backward, Embed, LocalOp, Reply, Request
 from vfl_sim.runtimes.base import Runtime, register_runtime
+from vfl_sim.runtimes.ray_start import connect_ray, ray_address
 from vfl_sim.transport import Transport
 
 if TYPE_CHECKING:
@@ -278,36 +278,17 @@ def ray_transport(
     return transport
 
 
-LOCAL_RAY: dict[str, Any] = {"include_dashboard": False, "dashboard_host": "127.0.0.1"}
-"""What a local Ray of ours listens with: no dashboard, and its host (were one started)
-loopback only. Ray 2.55 itself has no setting for the rest: its gRPC servers (GCS, raylet,
-workers) listen on every interface, and ``ray.init`` turns a node address of 127.0.0.1 into
-the machine's routable one (``services.resolve_ip_for_localhost``)."""
-
-
 def local_ray_cpus(cfg: ExperimentConfig) -> int:
     """Logical CPUs of a local Ray: ``ray.num_cpus``, or exactly what the party actors ask for."""
     return cfg.ray.num_cpus or max(1, math.ceil(cfg.partition.parties * cfg.ray.party_cpus))
 
 
 def init_ray(cfg: ExperimentConfig) -> bool:
-    """Connect to Ray for ``cfg``: the cluster at ``ray.address`` or ``$RAY_ADDRESS``, else a new
-    local Ray with :func:`local_ray_cpus` CPUs. Returns whether this call started or joined Ray
-    (False when this process was already connected, and then it is left as it is)."""
-    if ray.is_initialized():
-        return False
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
-    with warnings.catch_warnings():
-        # Ray 2.55 announces a future change of CUDA_VISIBLE_DEVICES for actors without GPUs on
-        # every init; ray.party_gpus already decides which actors get a GPU.
-        warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
-        if address is not None:
-            ray.init(address=address)
-        else:
-            # "local": a new Ray of our own, even where `ray start` left a cluster that a bare
-            # ray.init() would join (it reads /tmp/ray/ray_current_cluster).
-            ray.init(address="local", num_cpus=local_ray_cpus(cfg), **LOCAL_RAY)
-    return True
+    """Connect to Ray for ``cfg`` (:func:`~vfl_sim.runtimes.ray_start.connect_ray`): the cluster
+    at ``ray.address`` or ``$RAY_ADDRESS``, else a new local Ray with :func:`local_ray_cpus` CPUs.
+    Returns whether this call started or joined Ray (False when this process was already
+    connected, and then it is left as it is)."""
+    return connect_ray(ray_address(cfg.ray.address), num_cpus=local_ray_cpus(cfg))
 
 
 @register_runtime("ray")

@@ -23,7 +23,7 @@ from vfl_sim.config import ForgetConfig, TrainConfig
 from vfl_sim.data.partition import PartySlice, column_index
 from vfl_sim.errors import ForgetRequestError
 from vfl_sim.forget import ORIGINAL, ForgetKind
-from vfl_sim.protocol import LocalOp
+from vfl_sim.protocol import CoreStep, LocalOp
 from vfl_sim.seeding import derive_seed, torch_generator
 from vfl_sim.server.server import Server
 from vfl_sim.server.unlearning import ForgetSet, UnlearningContext, UnlearningMethod
@@ -207,7 +207,7 @@ class UnlearningCoordinator:
         ctx = ctx or self.context(method)
         self.server.load_state(ORIGINAL)
         # `model` names what the method makes: a party that ignores unlearning keeps its bottom until then.
-        self.server.party_op("begin_method", seed=ctx.seed, model=method.label)
+        self.server.party_op(CoreStep.BEGIN_METHOD, seed=ctx.seed, model=method.label)
         before = self.server.transport.stats.snapshot()
         start = time.perf_counter()
         # A party or feature request defines the unlearned model as one without that party (or
@@ -230,7 +230,7 @@ class UnlearningCoordinator:
             self.server.remove_party(f.party)
         elif f.kind == ForgetKind.FEATURES:
             assert f.party is not None
-            self.server.transport.exchange({f.party: LocalOp("mask_columns", {"columns": list(f.columns)})})
+            self.server.transport.exchange({f.party: LocalOp(CoreStep.MASK_COLUMNS, {"columns": list(f.columns)})})
 
     def check_removal(self, method: str) -> None:
         """Fail when a method's model reads the removed party or columns again."""
@@ -239,7 +239,7 @@ class UnlearningCoordinator:
             raise RuntimeError(f"method '{method}' left a model that reads the removed party {f.party}")
         if f.kind == ForgetKind.FEATURES:
             assert f.party is not None
-            reply = self.server.transport.exchange({f.party: LocalOp("masked_columns")})[f.party]
+            reply = self.server.transport.exchange({f.party: LocalOp(CoreStep.MASKED_COLUMNS)})[f.party]
             masked = set(getattr(reply, "info", {}).get("columns", []))
             if not set(f.columns) <= masked:
                 raise RuntimeError(f"method '{method}' left a model that reads removed columns of {f.party}")

@@ -83,6 +83,7 @@ import torch
 from vfl_sim.config import OptimConfig
 from vfl_sim.forget import ForgetKind
 from vfl_sim.optim import build_optimizer, build_scheduler, clear_grads
+from vfl_sim.protocol import CoreStep
 from vfl_sim.seeding import derive_seed
 from vfl_sim.server.server import Server
 from vfl_sim.server.unlearning import ForgetSet
@@ -388,7 +389,7 @@ def relearning_attack(
     with torch.random.fork_rng(devices=devices):
         try:
             server.load_state(model)
-            server.party_op("begin_method", seed=derive_seed(seed, "relearning", "parties"))
+            server.party_op(CoreStep.BEGIN_METHOD, seed=derive_seed(seed, "relearning", "parties"))
             torch.manual_seed(derive_seed(seed, "relearning", "server"))
             server.configure(optim, steps, parties=update_parties, top=not reset_head)
             if reset_head:

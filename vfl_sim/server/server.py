@@ -31,7 +31,7 @@ from vfl_sim.optim import (
     build_scheduler,
     clear_grads,
 )
-from vfl_sim.protocol import Ack, Backward, Embed, EmbedReply, LocalOp, Reply, Request
+from vfl_sim.protocol import Ack, Backward, CoreStep, Embed, EmbedReply, LocalOp, Reply, Request
 from vfl_sim.seeding import derive_seed
 from vfl_sim.transport import Transport
 
@@ -188,7 +188,7 @@ class Server:
         self.scheduler = build_scheduler(self.optimizer, optim.schedule, total_steps) if self.optimizer else None
         hook = {"grad_hook": party_hook[0], "hook_args": party_hook[1]} if party_hook is not None else {}
         self.party_op(
-            "configure",
+            CoreStep.CONFIGURE,
             optim=optim.model_dump(mode="json", include=set(OptimConfig.model_fields)),
             total_steps=total_steps,
             trainable="all" if parties else "none",
@@ -359,7 +359,7 @@ class Server:
     def save_state(self, name: str) -> None:
         """Snapshot the top model here and every bottom model at its party under ``name``."""
         self.states[name] = clone_state(self.top)
-        self.party_op("save_state", name=name)
+        self.party_op(CoreStep.SAVE_STATE, name=name)
 
     def load_state(self, name: str) -> dict[str, dict[str, Any]]:
         """Make the snapshot ``name`` current on the server and every party; returns each
@@ -367,7 +367,7 @@ class Server:
         ``tensor``, the first that is not)."""
         self.top.load_state_dict(self.states[name])
         self.optimizer = self.scheduler = None
-        return self.party_op("load_state", name=name)
+        return self.party_op(CoreStep.LOAD_STATE, name=name)
 
     def reset(self, top_seed: int, party_seed: int | None = None) -> None:
         """Fresh initialization everywhere: the top from ``top_seed``, each bottom from its
@@ -376,10 +376,10 @@ class Server:
         initialization, for independently seeded retrains)."""
         self.reset_top(top_seed)
         if party_seed is None:
-            self.party_op("reset")
+            self.party_op(CoreStep.RESET)
         else:
             self.transport.exchange(
-                {pid: LocalOp("reset", {"seed": derive_seed(party_seed, "init", pid)}) for pid in self.party_ids}
+                {pid: LocalOp(CoreStep.RESET, {"seed": derive_seed(party_seed, "init", pid)}) for pid in self.party_ids}
             )
 
     def reset_top(self, top_seed: int) -> None:
@@ -391,5 +391,5 @@ class Server:
         """SHA-256 of the top model (key ``top``) and of every bottom, current or saved as ``name``."""
         state = self.states[name] if name is not None else self.top.state_dict()
         out = {"top": state_digest(state)}
-        out.update({pid: info["sha256"] for pid, info in self.party_op("digest", name=name).items()})
+        out.update({pid: info["sha256"] for pid, info in self.party_op(CoreStep.DIGEST, name=name).items()})
         return out
