@@ -200,7 +200,12 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "name": "schema",
             "train": {"epochs": 1},
             "methods": ["retrain", "finetune"],
-            "audit": {"plots": False, "calibration": {"retrains": 1}, "probe_repeats": 2, "model_completion": {"enabled": True, "draws": 2}},
+            "audit": {
+                "plots": False,
+                "calibration": {"retrains": 1},
+                "probe_repeats": 2,
+                "model_completion": {"enabled": True, "draws": 2},
+            },
         }
     )
     out = tmp_path_factory.mktemp("report") / "run"
