@@ -1,10 +1,10 @@
 """The multi-container demo: docker-compose.yml, its TLS override and the certificate script.
 
-There is no Docker engine here, so the image is never built: ``docker-compose config``
-validates the files, the services' commands are compared with the command lines that
+``docker-compose config`` validates the files, the services' commands are compared with the command lines that
 :mod:`vfl_sim.runtimes.flower_launch` builds (the ones the process-level runtime runs), and
 the TLS setup runs for real on 127.0.0.1 with a SuperLink and a SuperNode started from those
-same command lines and certificates from ``scripts/flower-certs.sh``.
+same command lines and certificates from ``scripts/flower-certs.sh``. Building the image and
+running the demo with a real engine is ``tests/test_docker_engine.py``.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _expected_commands(services: dict[str, dict[str, Any]], tls: TlsFiles | None
     nodes = _supernodes(services)
     expected = {"superlink": superlink_command("0.0.0.0", 8000, tls=tls)}
     for k, name in enumerate(nodes):
-        expected[name] = supernode_command(SUPERLINK, k, len(nodes), "0.0.0.0", 9094, tls=tls)
+        expected[name] = supernode_command(SUPERLINK, k, len(nodes), "127.0.0.1", 9094, tls=tls)
     return expected
 
 
@@ -126,8 +126,9 @@ def test_compose_commands_are_the_launchers_command_lines() -> None:
 def test_compose_services_share_image_environment_and_runs_folder() -> None:
     services = _services(COMPOSE)
     for name, service in services.items():
-        assert service["image"] == "vfl-sim:latest", name
+        assert service["image"] == "${VFL_SIM_IMAGE:-vfl-sim:latest}", name
         assert service["build"]["context"] == ".", name
+        assert service["build"]["args"]["PYTHON_IMAGE"] == "${VFL_SIM_BASE_IMAGE:-python:3.11-slim}", name
         assert service["environment"] == FLOWER_ENV, name
         # The ServerApp (in the superlink container) writes the run folder, every party its
         # checkpoint: the same host folder at the same path everywhere.

@@ -219,6 +219,32 @@ def test_party_is_rebuilt_when_state_changed_elsewhere(tmp_path) -> None:
     assert flower_app._party(context) is not stale
 
 
+def test_resident_party_survives_a_context_the_supernode_did_not_keep(tmp_path, caplog) -> None:
+    """A SuperNode that dropped the context of a later answer hands back an older state that
+    this process wrote: the resident party is newer, so it is kept (with a warning), not
+    rebuilt from the stale state."""
+    import copy
+
+    import torch
+
+    grid = InProcessGrid(flower_app.run_config_for(_cfg(), str(tmp_path)), [0])
+    transport = FlowerTransport(grid, ["party_0"], connect_timeout=5)
+    transport.broadcast(LocalOp("save_state", {"name": "a"}))
+    context = grid.contexts[1000]
+    older = copy.deepcopy(context.state)
+    party = flower_app._party(context)
+    with torch.no_grad():
+        next(party.bottom.parameters()).add_(1.0)  # the party moves on ...
+    flower_app._keep(context, party)  # ... and saves (a newer stamp)
+    newest = next(party.bottom.parameters()).detach().clone()
+    context.state = older  # the SuperNode did not keep that save
+    with caplog.at_level("WARNING", logger="vfl_sim"):
+        again = flower_app._party(context)
+    assert again is party
+    assert torch.equal(next(again.bottom.parameters()), newest)
+    assert "older state of this party" in caplog.text
+
+
 def test_party_view_is_cached_on_the_nodes_disk(tmp_path, monkeypatch) -> None:
     """A fresh ClientApp process loads the party's slice from the node's disk instead of
     loading and cutting the dataset; the file is keyed by what the slice depends on."""

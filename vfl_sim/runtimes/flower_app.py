@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import sys
+from collections import deque
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from vfl_sim.parties.build import build_party
 from vfl_sim.parties.party import Party
 from vfl_sim.plugins import import_plugins
 from vfl_sim.runtimes.flower_codec import decode_request, encode_reply
+from vfl_sim.runtimes.flower_pace import pace_grid
 from vfl_sim.runtimes.flower_state import restore_party, save_party, state_stamp
 from vfl_sim.runtimes.flower_transport import FlowerTransport, hello_reply
 from vfl_sim.seeding import derive_seed
@@ -169,17 +171,28 @@ def _partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-# The party this process answered for last, per node, with the state stamp it saved. When the
-# node's Context.state still carries that stamp, nothing has happened to the party elsewhere and
-# it is reused as is; otherwise (a new process, another run) it is rebuilt from the state.
-_RESIDENT: dict[tuple[int, int], tuple[int, Party]] = {}
+# The party this process answered for last, per node, with the state stamps it saved (newest
+# last). When the node's Context.state carries the newest, nothing has happened to the party
+# elsewhere and it is reused as is. When it carries an older one of ours, the SuperNode did not
+# keep the context of a later answer (it drops the output of a task it no longer counts as
+# running): the party here is newer than that state, so it is kept, with a warning. Otherwise
+# (a new process, another run, a state written elsewhere) the party is rebuilt from the state.
+_RESIDENT: dict[tuple[int, int], tuple[deque[int], Party]] = {}
+_STAMPS_KEPT = 64
 
 
 def _party(context: Context) -> Party:
     _apply_threads(context)  # a process may serve several runs (Flower's simulation reuses them)
     key = (context.run_id, context.node_id)
     resident = _RESIDENT.get(key)
-    if resident is not None and resident[0] == state_stamp(context.state):
+    stamp = state_stamp(context.state)
+    if resident is not None and stamp in resident[0]:
+        if stamp != resident[0][-1]:
+            logging.getLogger("vfl_sim").warning(
+                "node %d: the SuperNode gave an older state of this party than the one it holds; "
+                "going on with the newer one held here",
+                context.node_id,
+            )
         return resident[1]
     if resident is None:
         _import_plugins(context)  # party ops of plugin methods; once per process and node
@@ -193,7 +206,11 @@ def _party(context: Context) -> Party:
 
 def _keep(context: Context, party: Party) -> None:
     save_party(party, context.state)
-    _RESIDENT[(context.run_id, context.node_id)] = (state_stamp(context.state), party)
+    key = (context.run_id, context.node_id)
+    resident = _RESIDENT.get(key)
+    stamps = resident[0] if resident is not None and resident[1] is party else deque(maxlen=_STAMPS_KEPT)
+    stamps.append(state_stamp(context.state))
+    _RESIDENT[key] = (stamps, party)
 
 
 client_app = ClientApp()
@@ -245,6 +262,7 @@ def main(grid: Grid, context: Context) -> None:
         handler.setFormatter(logging.Formatter("vfl-sim: %(message)s"))
         log.addHandler(handler)
     log.setLevel(logging.INFO)
+    pace_grid()  # a deployment's grid pulls reply content; a simulation's grid ignores this
     threads = _apply_threads(context)
     cfg = _import_plugins(context)
     exp = prepare(cfg)

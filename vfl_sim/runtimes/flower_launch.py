@@ -94,15 +94,15 @@ def superlink_command(host: str, port: int, *, simulation: bool = False, tls: Tl
 def supernode_command(
     superlink: str, partition_id: int, num_partitions: int, host: str, port: int, *, tls: TlsFiles | None = None
 ) -> list[str]:
-    """One party's SuperNode, connected to ``superlink`` and serving its ClientApps on ``host:port``."""
+    """One party's node (:mod:`vfl_sim.runtimes.flower_node`): a SuperNode connected to
+    ``superlink`` and the party's long-lived ClientApp process, which talk over the SuperNode's
+    Runtime API on ``host:port`` (127.0.0.1: it is for the party process only)."""
     cmd = [
-        "flower-supernode",
+        "vfl-sim-supernode",
         "--superlink",
         superlink,
         "--node-config",
         f"partition-id={partition_id} num-partitions={num_partitions}",
-        "--isolation",
-        "subprocess",
         "--host",
         host,
         "--port",
