@@ -110,3 +110,50 @@ def test_graph_mode_party_refuses_export() -> None:
     party.handle(Embed(torch.arange(4), train=True))
     with pytest.raises(RuntimeError, match="cannot export a pending autograd graph"):
         save_party(party, RecordDict())
+
+
+@pytest.fixture()
+def in_process_state():
+    from vfl_sim.runtimes import flower_state
+
+    flower_state.keep_state_in_process()
+    try:
+        yield
+    finally:
+        flower_state.keep_state_in_process(False)
+
+
+def _party() -> Party:
+    cfg = small_config()
+    exp = prepare(cfg)
+    part = exp.slices[0]
+    view = torch.from_numpy(part.take(exp.dataset.features))
+    return Party(part.party_id, view, build_bottom(cfg.model, tuple(view.shape[1:])), init_seed=0, replay_backward=True)
+
+
+def test_a_resident_party_process_saves_a_stamp_and_no_arrays(in_process_state) -> None:
+    from vfl_sim.runtimes.flower_state import ARRAYS, PartyStateLostError, state_stamp
+
+    state = RecordDict()
+    save_party(_party(), state)
+    assert ARRAYS not in state.array_records and state_stamp(state) != 0
+    first = state_stamp(state)
+    save_party(_party(), state)
+    assert state_stamp(state) not in (0, first)
+    # Another process (a rebuilt party) cannot go on from a stamp: it says so instead of
+    # training from freshly initialised weights.
+    with pytest.raises(PartyStateLostError, match=r"kept only in its party process \(pid \d+\)"):
+        restore_party(_party(), state)
+
+
+def test_switching_to_in_process_state_drops_the_arrays(in_process_state) -> None:
+    from vfl_sim.runtimes import flower_state
+
+    state = RecordDict()
+    flower_state.keep_state_in_process(False)
+    save_party(_party(), state)
+    assert flower_state.ARRAYS in state.array_records
+    flower_state.keep_state_in_process()
+    save_party(_party(), state)
+    assert flower_state.ARRAYS not in state.array_records
+    assert restore_party(_party(), RecordDict()) is False  # a node's first message: nothing saved yet

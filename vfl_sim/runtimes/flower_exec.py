@@ -64,6 +64,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 from vfl_sim.runtimes.flower_pace import PULL_BACKOFF, PULL_BACKOFF_CAP
+from vfl_sim.runtimes.flower_state import keep_state_in_process
 
 log = logging.getLogger("vfl_sim.party")
 
@@ -226,6 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _exit)
     if args.parent_pid is not None:
         _watch_parent(args.parent_pid)
+    # This process serves every message of its SuperNode and the node ends with it, so the
+    # party's state need not travel in Context.state (flower_state).
+    keep_state_in_process()
     try:
         serve(args.runtime_api_address, poll_interval=args.poll_interval)
     except KeyboardInterrupt:
