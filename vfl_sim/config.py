@@ -169,6 +169,41 @@ class OptimConfig(_Section):
     """Learning-rate schedule; ``cosine`` is per step."""
 
 
+class DefenseConfig(_Section):
+    """Defenses of the training messages (:mod:`vfl_sim.defenses`): per-sample clipping and
+    Gaussian noise on the embeddings parties send, and on the gradients the server sends back,
+    and sparsification of those gradients. They apply while a model is trained with
+    ``train`` (the original and ``retrain``), not to a method's own phases, inference or the
+    audits. With a clip, the noise's standard deviation is ``noise * clip`` and the report
+    gives the ``(epsilon, delta)`` bound of :func:`vfl_sim.defenses.gaussian_epsilon`; without
+    one it is ``noise`` itself and no bound is claimed. All zero (the default): no defense,
+    and nothing of a run changes.
+    """
+
+    embedding_clip: Annotated[float, Field(gt=0)] | None = None
+    """Clip every embedding row a party sends to this L2 norm (``None``: no clipping)."""
+    embedding_noise: Annotated[float, Field(ge=0, le=1e6)] = 0.0
+    """Gaussian noise multiplier on the embeddings parties send (std ``noise * clip``)."""
+    gradient_clip: Annotated[float, Field(gt=0)] | None = None
+    """Clip every gradient row the server sends a party to this L2 norm (``None``: no clipping)."""
+    gradient_noise: Annotated[float, Field(ge=0, le=1e6)] = 0.0
+    """Gaussian noise multiplier on the gradients parties receive (std ``noise * clip``)."""
+    gradient_sparsity: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Fraction of each gradient row's entries, smallest in magnitude, set to zero."""
+    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    """The ``delta`` of the reported ``(epsilon, delta)`` bound."""
+
+    @property
+    def on_embeddings(self) -> bool:
+        """Whether the embeddings parties send are changed."""
+        return self.embedding_clip is not None or self.embedding_noise > 0
+
+    @property
+    def on_gradients(self) -> bool:
+        """Whether the gradients parties receive are changed."""
+        return self.gradient_clip is not None or self.gradient_noise > 0 or self.gradient_sparsity > 0
+
+
 class TrainConfig(OptimConfig):
     """How the original model is trained (and retrained).
 
@@ -188,6 +223,8 @@ class TrainConfig(OptimConfig):
     """Minibatch size; one communication round per batch."""
     local_steps: Annotated[int, Field(ge=1, le=10_000)] = 1
     """FedBCD-p local updates Q per round (see above); 1 is exact split learning."""
+    defense: DefenseConfig = DefenseConfig()
+    """Clipping, noise and sparsification of the training messages (see ``DefenseConfig``)."""
 
 
 class ForgetConfig(_Section):

@@ -9,8 +9,27 @@ import torch
 from vfl_sim import __version__
 from vfl_sim.audits.base import AuditData
 from vfl_sim.audits.certificate import Certification
+from vfl_sim.config import TrainConfig
+from vfl_sim.defenses import gaussian_epsilon
 from vfl_sim.experiment.spec import ExperimentSpec
 from vfl_sim.report import SCHEMA_VERSION
+
+
+def describe_defense(train: TrainConfig) -> dict[str, Any]:
+    """The run's ``defense`` section: the settings of ``train.defense``, whether each message
+    is defended, and the ``(epsilon, delta)`` bound per message for one trained model (each
+    training sample's row is released once per epoch; ``None`` where no bound holds)."""
+    d = train.defense
+    return {
+        **d.model_dump(mode="json"),
+        "embeddings_defended": d.on_embeddings,
+        "gradients_defended": d.on_gradients,
+        "releases_per_sample": train.epochs,
+        "epsilon": {
+            "embeddings": gaussian_epsilon(d.embedding_noise, d.embedding_clip, train.epochs, d.delta),
+            "gradients": gaussian_epsilon(d.gradient_noise, d.gradient_clip, train.epochs, d.delta),
+        },
+    }
 
 
 def build_report(
@@ -41,6 +60,7 @@ def build_report(
         "runtime": spec.cfg.runtime,
         # What the server computed with; every party of the run uses the same count.
         "threads": torch.get_num_threads(),
+        "defense": describe_defense(spec.cfg.train),
         "dataset": spec.dataset.describe(),
         "parties": [s.describe() for s in spec.slices],
         "forget_request": spec.forget.describe(),

@@ -22,6 +22,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 import torch
 
 from vfl_sim.config import HONEST, IGNORE_UNLEARNING, OptimConfig, PartyBehaviour
+from vfl_sim.defenses import clip_rows, gaussian_noise
 from vfl_sim.models.bottoms import BottomModel
 from vfl_sim.models.state import clone_state, reset_parameters, state_digest
 from vfl_sim.optim import (
@@ -247,16 +248,32 @@ class Party:
                 if self.replay_backward:
                     self._replay = _Replay(request.ids.clone(), torch.get_rng_state(), _buffers(self.bottom))
                     with torch.no_grad():
-                        return EmbedReply(self.bottom(x))
-                out = self.bottom(x)
-            self._pending = (request.ids, out)
-            return EmbedReply(out.detach())
+                        out = self._clipped(self.bottom(x))
+                else:
+                    out = self._clipped(self.bottom(x))
+                    self._pending = (request.ids, out)
+                sent = self._noised(out.detach())  # after the forward pass, from the party's stream
+            return EmbedReply(sent)
         self._set_mode(False)
         with torch.no_grad():
             if request.layers:
                 out, layers = self.bottom.forward_layers(x)
                 return EmbedReply(out, layers)
             return EmbedReply(self.bottom(x))
+
+    # The phase's defense of the embeddings sent (train.defense, via 'configure'). Clipping is
+    # part of the forward pass the gradient flows back through; the noise is a constant to it.
+    def _clipped(self, out: torch.Tensor) -> torch.Tensor:
+        defense = self.phase.get("defense") if self.phase else None
+        if defense is None or defense["clip"] is None:
+            return out
+        return clip_rows(out, float(defense["clip"]))
+
+    def _noised(self, out: torch.Tensor) -> torch.Tensor:
+        defense = self.phase.get("defense") if self.phase else None
+        if defense is None or not defense["noise"]:
+            return out
+        return gaussian_noise(out, float(defense["noise"]), defense["clip"])
 
     def _set_mode(self, train: bool) -> None:
         # Module.train() walks every submodule; on small models that walk costs as much as the
@@ -287,7 +304,7 @@ class Party:
         for _ in range(local_steps - 1):
             self._set_mode(True)
             with self._own_randomness():
-                out = self.bottom(self.features.index_select(0, ids.to(self.device)))
+                out = self._clipped(self.bottom(self.features.index_select(0, ids.to(self.device))))
             out.backward(g)
             self._run_grad_hook(True)
             self.step()
@@ -327,7 +344,7 @@ class Party:
                 buf.copy_(replay.buffers[name])
         torch.set_rng_state(replay.rng)
         self._set_mode(True)
-        out = self.bottom(self.features.index_select(0, replay.ids.to(self.device)))
+        out = self._clipped(self.bottom(self.features.index_select(0, replay.ids.to(self.device))))
         torch.set_rng_state(after_rng)
         return out
 
@@ -422,9 +439,12 @@ def _configure(
     trainable: str = "all",
     grad_hook: str | None = None,
     hook_args: dict[str, Any] | None = None,
+    defense: dict[str, Any] | None = None,
 ) -> None:
     """Set up a fresh optimizer (and schedule over ``total_steps``) for the next phase, with
-    an optional registered gradient hook (:func:`grad_hook`) called after every backward."""
+    an optional registered gradient hook (:func:`grad_hook`) called after every backward and
+    an optional defense of the embeddings sent in training (``{"clip": C or None, "noise":
+    sigma}``, :mod:`vfl_sim.defenses`)."""
     if grad_hook is not None and grad_hook not in _GRAD_HOOKS:
         raise KeyError(f"{party.party_id}: unknown gradient hook '{grad_hook}'; known: {sorted(_GRAD_HOOKS)}")
     cfg = OptimConfig.model_validate(optim)
@@ -436,6 +456,8 @@ def _configure(
     party.phase = {"optim": optim, "total_steps": total_steps, "trainable": trainable}
     if grad_hook is not None:
         party.phase.update(grad_hook=grad_hook, hook_args=hook_args or {})
+    if defense is not None:
+        party.phase["defense"] = {"clip": defense.get("clip"), "noise": float(defense.get("noise", 0.0))}
 
 
 @party_op(CoreStep.BEGIN_METHOD)

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vfl_sim.config import OptimConfig
+from vfl_sim.config import DefenseConfig, OptimConfig
+from vfl_sim.defenses import defend
 from vfl_sim.models.state import clone_state, reset_parameters, state_digest
 from vfl_sim.models.top import TopModel, fuse
 from vfl_sim.optim import (
@@ -32,7 +33,7 @@ from vfl_sim.optim import (
     clear_grads,
 )
 from vfl_sim.protocol import Ack, Backward, CoreStep, Embed, EmbedReply, LocalOp, Reply, Request
-from vfl_sim.seeding import derive_seed
+from vfl_sim.seeding import derive_seed, torch_generator
 from vfl_sim.transport import Transport
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -104,6 +105,9 @@ class Server:
         self.states: dict[str, dict[str, torch.Tensor]] = {}
         self.optimizer: Optimizer | None = None
         self.scheduler: CosineSchedule | None = None
+        # The phase's defense of the gradients sent to parties (configure) and its noise stream.
+        self.defense: DefenseConfig | None = None
+        self.defense_generator: torch.Generator | None = None
 
     # -- parties -------------------------------------------------------------------------------
 
@@ -176,17 +180,31 @@ class Server:
         parties: bool = True,
         top: bool = True,
         party_hook: tuple[str, dict[str, Any]] | None = None,
+        defense: DefenseConfig | None = None,
+        defense_seed: int = 0,
     ) -> None:
         """Fresh optimizers for the next phase on the top model and (if ``parties``) every bottom.
 
         ``party_hook`` is ``(name, args)`` of a registered party gradient hook
         (:func:`vfl_sim.parties.party.grad_hook`) that every party runs after each backward.
+        ``defense`` (:class:`~vfl_sim.config.DefenseConfig`) clips, noises and sparsifies the
+        gradients sent to the parties during the phase (noise drawn from a stream seeded with
+        ``defense_seed``) and is passed to the parties for their embeddings. A defense that
+        does nothing is not sent, so undefended runs exchange exactly what they always did.
         """
+        if defense is not None and not (defense.on_embeddings or defense.on_gradients):
+            defense = None
+        self.defense = defense
+        self.defense_generator = torch_generator(defense_seed) if defense is not None else None
         for p in self.top.parameters():
             p.requires_grad_(top)
         self.optimizer = build_optimizer(self.top.parameters(), optim) if top else None
         self.scheduler = build_scheduler(self.optimizer, optim.schedule, total_steps) if self.optimizer else None
-        hook = {"grad_hook": party_hook[0], "hook_args": party_hook[1]} if party_hook is not None else {}
+        hook: dict[str, Any] = {}
+        if party_hook is not None:
+            hook.update(grad_hook=party_hook[0], hook_args=party_hook[1])
+        if defense is not None and defense.on_embeddings:
+            hook.update(defense={"clip": defense.embedding_clip, "noise": defense.embedding_noise})
         self.party_op(
             CoreStep.CONFIGURE,
             optim=optim.model_dump(mode="json", include=set(OptimConfig.model_fields)),
@@ -229,8 +247,18 @@ class Server:
         if q < 1:
             raise ValueError(f"local_steps must be >= 1, got {q}")
         steps_per_epoch = count_batches(ids.numel(), batch_size)
+        defense = getattr(optim, "defense", None)
+        # Only a defended phase draws from the batch stream: undefended runs keep their batches.
+        defended = defense is not None and (defense.on_embeddings or defense.on_gradients)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if defended else 0
         self.configure(
-            optim, epochs * steps_per_epoch * q, parties=update_parties, top=update_top, party_hook=party_hook
+            optim,
+            epochs * steps_per_epoch * q,
+            parties=update_parties,
+            top=update_top,
+            party_hook=party_hook,
+            defense=defense,
+            defense_seed=seed,
         )
         for _ in range(epochs):
             self.run_epoch(
@@ -283,7 +311,7 @@ class Server:
                 active = set(self.active_party_ids)
                 replies = self.transport.exchange(
                     {
-                        pid: Backward(leaf.grad, then=nxt, local_steps=local_steps)  # type: ignore[arg-type]
+                        pid: Backward(self._defended(leaf.grad), then=nxt, local_steps=local_steps)
                         for pid, leaf in zip(self.party_ids, leaves)
                         if pid in active
                     }
@@ -292,6 +320,26 @@ class Server:
                 replies = self._ask(nxt)
             if on_step is not None:
                 on_step(float(loss.detach()))
+
+    def _defended(self, grad: torch.Tensor | None) -> torch.Tensor:
+        """The gradient a party is sent: ``grad`` under the phase's gradient defense."""
+        if grad is None:
+            raise RuntimeError("no gradient for a party's embedding (was it detached?)")
+        d = self.defense
+        if d is None or not d.on_gradients:
+            return grad
+        # Rows of the batch-mean loss's gradient are each sample's own gradient over the batch
+        # size: clip and noise the per-sample gradients, so that the clip means the same at
+        # every batch size, and send them back at the batch-mean scale.
+        n = grad.shape[0]
+        defended = defend(
+            grad * n,
+            clip=d.gradient_clip,
+            noise=d.gradient_noise,
+            sparsity=d.gradient_sparsity,
+            generator=self.defense_generator,
+        )
+        return defended / n
 
     def _local_top_steps(
         self, embeddings: Sequence[torch.Tensor], labels: torch.Tensor, ids: torch.Tensor, loss_fn: LossFn, n: int
