@@ -591,3 +591,59 @@ def test_the_lock_is_held_while_the_run_writes(
     assert main(["run", "c.yaml", "--out", "run", "--quiet", *TINY]) == 130
     assert seen == [f"{os.getpid()} {socket.gethostname()}\n"]
     assert sorted(p.name for p in case_dir.iterdir()) == ["c.yaml"]  # released, nothing written
+
+
+# ------------------------------------------------------------------------------------------
+# A plugin that breaks while the run uses it
+
+
+PLUGIN_STEP = """\
+from typing import Any
+
+from vfl_sim.methods import Party, PhaseParams, UnlearningContext, UnlearningMethod, party_op, register_method
+
+
+@party_op("bad_input_step")
+def bad_input_step(party: Party) -> dict[str, Any]:
+    return {"x": STEP}
+
+
+@register_method("bad_input_broken")
+class Broken(UnlearningMethod[PhaseParams]):
+    supports = frozenset({"class", "samples"})
+
+    def unlearn(self, ctx: UnlearningContext) -> None:
+        ctx.server.party_op(bad_input_step.name)
+"""
+
+
+def test_a_plugin_step_that_raises_is_named_and_the_run_resumes_once_fixed(
+    case_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A party step of a plugin method that raises mid-run: exit 2, the error names the method,
+    the plugin's file and line and the exception (no traceback); the trained original is kept,
+    and once the plugin is fixed ``--resume`` finishes the run."""
+    _write(case_dir, {"c.yaml": CONFIG, "bad_input_step_plugin.py": PLUGIN_STEP.replace("STEP", "1 / 0")})
+    argv = ["run", "c.yaml", "--out", "out", "--quiet", *TINY, "--set", "methods=[bad_input_broken]"]
+    argv += ["--set", "plugins=[bad_input_step_plugin.py]"]
+    assert main(argv) == EXIT_INPUT_ERROR
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    errors = [line for line in (out + err).splitlines() if line.startswith("error: ")]
+    assert errors == [
+        "error: method 'bad_input_broken' failed in bad_input_step_plugin.py:8: ZeroDivisionError: division by zero"
+    ]
+    assert not (case_dir / "out").exists() and (case_dir / ".out.partial").is_dir()
+
+    # Fixed, in a fresh process (this one has the broken method registered).
+    _write(case_dir, {"bad_input_step_plugin.py": PLUGIN_STEP.replace("STEP", "1")})
+    done = subprocess.run(
+        [sys.executable, "-m", "vfl_sim.cli", *argv, "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=case_dir,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((case_dir / "out" / "report.json").read_text())
+    assert "bad_input_broken" in report["models"]

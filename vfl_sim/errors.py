@@ -36,6 +36,11 @@ class RunFolderError(VflSimError):
     (a missing or unreadable checkpoint or report)."""
 
 
+class PluginError(VflSimError):
+    """A plugin's code (a method's server side, a party step, a gradient hook) raised while a
+    run used it: a broken plugin, named with the method and the plugin's line."""
+
+
 def os_error_text(exc: OSError) -> str:
     """An ``OSError`` in a few words: its reason and the path it is about."""
     reason = exc.strerror or type(exc).__name__

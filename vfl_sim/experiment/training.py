@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vfl_sim.errors import PluginError, VflSimError, error_line
 from vfl_sim.experiment.checkpoints import save_checkpoint
 from vfl_sim.experiment.spec import ExperimentSpec
 from vfl_sim.forget import ORIGINAL
@@ -44,6 +46,23 @@ def train_original(spec: ExperimentSpec, server: Server, progress: ProgressRepor
     }
 
 
+_PACKAGE = Path(__file__).resolve().parents[1]
+_INSTALLED = {Path(p).resolve() for p in {sys.prefix, sys.base_prefix, sys.exec_prefix}}
+
+
+def _plugin_frame(exc: BaseException) -> str | None:
+    """``file:line`` of the innermost frame of ``exc``'s traceback in a user's own code (not
+    vfl-sim, not the Python installation or its packages), or ``None`` when there is none."""
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        path = Path(tb.tb_frame.f_code.co_filename).resolve()
+        if not path.is_relative_to(_PACKAGE) and not any(path.is_relative_to(p) for p in _INSTALLED):
+            found = f"{path.name}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return found
+
+
 def apply_method(
     server: Server,
     coordinator: UnlearningCoordinator,
@@ -55,7 +74,15 @@ def apply_method(
     ctx = coordinator.context(method)
     with progress.phase(method.label, method.estimated_steps(ctx)) as on_step:
         ctx.on_step = on_step
-        result = coordinator.run(method, ctx)
+        try:
+            result = coordinator.run(method, ctx)
+        except VflSimError:
+            raise
+        except Exception as exc:
+            where = _plugin_frame(exc)
+            if where is None:
+                raise  # vfl-sim's own code failed: a bug, whose traceback is what fixes it
+            raise PluginError(f"method '{method.label}' failed in {where}: {error_line(exc)}") from exc
     log.info("%s done in %.2fs", method.label, result.runtime_s)
     run = result.to_dict()
     save_checkpoint(server, method.label, checkpoints, run)
