@@ -9,7 +9,7 @@ counts the bytes of every message in the same way, through the messages' ``nbyte
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -70,12 +70,17 @@ class Transport(ABC):
     def __init__(self, party_ids: list[str]) -> None:
         self.party_ids = list(party_ids)
         self.stats = CommStats()
+        # Observers of every round's requests, as the parties will receive them (audits of
+        # what a party sees: vfl_sim.audits.request_leakage).
+        self.taps: list[Callable[[Mapping[str, Request]], None]] = []
 
     def exchange(self, requests: Mapping[str, Request]) -> dict[str, Reply]:
         """Send ``requests[party_id]`` to each named party; return the replies by party id."""
         unknown = set(requests) - set(self.party_ids)
         if unknown:
             raise KeyError(f"no such parties: {sorted(unknown)}")
+        for tap in self.taps:
+            tap(requests)
         replies = self._exchange(requests)
         self.stats.rounds += 1
         for pid, request in requests.items():

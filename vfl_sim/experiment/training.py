@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from vfl_sim.audits.request_leakage import PartyViewRecorder
 from vfl_sim.errors import PluginError, VflSimError, error_line
 from vfl_sim.experiment.checkpoints import save_checkpoint
 from vfl_sim.experiment.spec import ExperimentSpec
@@ -72,6 +73,9 @@ def apply_method(
 ) -> dict[str, Any]:
     """Run ``method`` from the original and checkpoint its model; returns its cost."""
     ctx = coordinator.context(method)
+    # What each party sees of the method's messages, for the request-leakage audit.
+    view = PartyViewRecorder(server.party_ids, int(server.labels.numel()))
+    server.transport.taps.append(view.observe)
     with progress.phase(method.label, method.estimated_steps(ctx)) as on_step:
         ctx.on_step = on_step
         try:
@@ -83,7 +87,13 @@ def apply_method(
             if where is None:
                 raise  # vfl-sim's own code failed: a bug, whose traceback is what fixes it
             raise PluginError(f"method '{method.label}' failed in {where}: {error_line(exc)}") from exc
+        finally:
+            server.transport.taps.remove(view.observe)
     log.info("%s done in %.2fs", method.label, result.runtime_s)
     run = result.to_dict()
+    forget = coordinator.forget
+    if forget.forget_ids.numel() > 0:
+        train_ids = torch.cat([forget.forget_ids, forget.retain_ids]).numpy()
+        run["request_leakage"] = view.compute(forget.forget_ids.numpy(), train_ids)
     save_checkpoint(server, method.label, checkpoints, run)
     return run

@@ -1,0 +1,129 @@
+"""What an unlearning method's messages tell an honest-but-curious party about the request.
+
+While a method runs, a passive party sees which sample ids it is asked to embed and the
+gradients it receives for them; the forget request itself is never sent, only those messages.
+From its own view alone, can it tell which of its samples were forgotten? Two scores per
+training sample, each judged by the AUC of separating the forgotten samples from the retained
+ones (0.5: no signal; 0 or 1: the set is given away, since the party knows the protocol and so
+the direction):
+
+- **ids**: how many times the method asked for the sample. A method that trains on the forget
+  set alone (gradient ascent) or on the retained set alone (fine-tuning, retraining) gives the
+  set away by the ids themselves.
+- **gradient norm**: the mean L2 norm of the gradient rows the party received for the sample,
+  over the samples that got one. The norm is the attack of Li, Sun, Yang, Gao, Zhang, Xie,
+  Smith and Wang, "Label Leakage and Protection in Two-party Split Learning" (ICLR 2022,
+  arXiv 2102.08504), here aimed at forget-set membership instead of the label: samples whose
+  loss a method pushes up, or that the model has not fitted, get larger gradients.
+
+``advantage = 2 |AUC - 0.5|`` puts both on [0, 1]. The measurement covers every message of the
+method's phase (training and inference requests, what the party gets in ``Backward``), for
+every party; it is the party's view, not the server's. :class:`PartyViewRecorder` collects the
+view from a transport's requests (``Transport.taps``); :func:`request_leakage` is the
+functional form on plain arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from vfl_sim.protocol import Backward, Embed, Request
+
+
+def _auc(member: np.ndarray, score: np.ndarray) -> float | None:
+    """AUC of ``score`` for ``member`` (``None`` without both groups; 0.5 for a constant score)."""
+    if member.all() or not member.any():
+        return None
+    if np.all(score == score[0]):
+        return 0.5
+    return float(roc_auc_score(member, score))
+
+
+def _advantage(auc: float | None) -> float | None:
+    return None if auc is None else 2.0 * abs(auc - 0.5)
+
+
+def request_leakage(
+    asked: np.ndarray,
+    grad_norm_sum: np.ndarray,
+    grad_count: np.ndarray,
+    forget_ids: np.ndarray,
+    train_ids: np.ndarray,
+) -> dict[str, Any]:
+    """One party's leakage of the forget set (see the module's description).
+
+    Parameters
+    ----------
+    asked, grad_norm_sum, grad_count
+        Per sample id (all samples): times asked for, sum and count of the received gradient
+        rows' L2 norms.
+    forget_ids, train_ids
+        The forgotten training ids, and every training id (the samples scored).
+    """
+    member = np.isin(train_ids, forget_ids)
+    ids_auc = _auc(member, asked[train_ids].astype(np.float64))
+    got = grad_count[train_ids] > 0
+    mean_norm = grad_norm_sum[train_ids][got] / grad_count[train_ids][got]
+    grad_auc = _auc(member[got], mean_norm)
+    return {
+        "ids_auc": ids_auc,
+        "ids_advantage": _advantage(ids_auc),
+        "gradient_norm_auc": grad_auc,
+        "gradient_norm_advantage": _advantage(grad_auc),
+        "asked_train_samples": int((asked[train_ids] > 0).sum()),
+        "asked_forget_samples": int((asked[train_ids] > 0)[member].sum()),
+        "gradient_samples": int(got.sum()),
+    }
+
+
+class PartyViewRecorder:
+    """Each party's view of the messages it receives, per sample id.
+
+    Call :meth:`observe` with every round's requests (a transport tap); a ``Backward``'s
+    gradient rows belong to the ids of that party's previous training ``Embed`` (the protocol's
+    one round trip per step), and its ``then`` is the next ``Embed``.
+
+    Parameters
+    ----------
+    party_ids
+        The parties to watch.
+    n_samples
+        Number of sample ids (ids are ``0 .. n_samples - 1``).
+    """
+
+    def __init__(self, party_ids: Sequence[str], n_samples: int) -> None:
+        self.asked = {pid: np.zeros(n_samples, dtype=np.int64) for pid in party_ids}
+        self.grad_norm_sum = {pid: np.zeros(n_samples, dtype=np.float64) for pid in party_ids}
+        self.grad_count = {pid: np.zeros(n_samples, dtype=np.int64) for pid in party_ids}
+        self._last_train: dict[str, np.ndarray | None] = dict.fromkeys(party_ids)
+
+    def observe(self, requests: Mapping[str, Request]) -> None:
+        """Record one round's requests."""
+        for pid, request in requests.items():
+            if pid not in self.asked:
+                continue
+            embed: Request | None = request
+            if isinstance(request, Backward):
+                ids = self._last_train[pid]
+                grad = request.grad.detach().reshape(request.grad.shape[0], -1)
+                if ids is not None and ids.size == grad.shape[0]:
+                    np.add.at(self.grad_norm_sum[pid], ids, grad.norm(dim=1).double().cpu().numpy())
+                    np.add.at(self.grad_count[pid], ids, 1)
+                self._last_train[pid] = None
+                embed = request.then
+            if isinstance(embed, Embed):
+                ids = embed.ids.detach().cpu().numpy().astype(np.int64)
+                np.add.at(self.asked[pid], ids, 1)
+                if embed.train:
+                    self._last_train[pid] = ids
+
+    def compute(self, forget_ids: np.ndarray, train_ids: np.ndarray) -> dict[str, dict[str, Any]]:
+        """:func:`request_leakage` per party."""
+        return {
+            pid: request_leakage(self.asked[pid], self.grad_norm_sum[pid], self.grad_count[pid], forget_ids, train_ids)
+            for pid in self.asked
+        }
