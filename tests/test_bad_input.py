@@ -623,10 +623,18 @@ def test_a_plugin_step_that_raises_is_named_and_the_run_resumes_once_fixed(
     """A party step of a plugin method that raises mid-run: exit 2, the error names the method,
     the plugin's file and line and the exception (no traceback); the trained original is kept,
     and once the plugin is fixed ``--resume`` finishes the run."""
+    from vfl_sim.methods.registry import METHODS
+    from vfl_sim.parties import party as party_module
+
     _write(case_dir, {"c.yaml": CONFIG, "bad_input_step_plugin.py": PLUGIN_STEP.replace("STEP", "1 / 0")})
     argv = ["run", "c.yaml", "--out", "out", "--quiet", *TINY, "--set", "methods=[bad_input_broken]"]
     argv += ["--set", "plugins=[bad_input_step_plugin.py]"]
-    assert main(argv) == EXIT_INPUT_ERROR
+    try:
+        code = main(argv)
+    finally:  # other tests list every registered method and step: leave the registries as they were
+        METHODS.unregister("bad_input_broken")
+        party_module._OPS.pop("bad_input_step", None)
+    assert code == EXIT_INPUT_ERROR
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     errors = [line for line in (out + err).splitlines() if line.startswith("error: ")]

@@ -432,15 +432,20 @@ def test_a_failing_cell_is_reported_and_the_others_finish(
     assert main(["sweep", str(cfg), "--out", str(out), "--workers", "2", "--quiet"]) == 1
     captured = capsys.readouterr()
     assert "2 cells, 1 run, 0 already finished, 1 failed" in captured.out
-    assert f"failed: {bad.id}: RuntimeError: boom from the sweep test plugin" in captured.err
+    # A plugin's failure names the method and the plugin's line (vfl_sim.errors.PluginError).
+    expected = (
+        f"PluginError: method 'sweep_test_explode' failed in {PLUGIN}.py:14: "
+        "RuntimeError: boom from the sweep test plugin"
+    )
+    assert f"failed: {bad.id}: {expected}" in " ".join(captured.err.split())
     error = json.loads((out / "cells" / f"{bad.id}.error.json").read_text())
-    assert error["error"] == "RuntimeError: boom from the sweep test plugin"
+    assert error["error"] == expected
     assert "raise RuntimeError" in error["traceback"] and error["overrides"] == bad.overrides
     assert (out / "cells" / good.id / "report.json").is_file()
     assert not (out / "cells" / bad.id / "report.json").exists()
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["cell_id"], r["status"]) for r in rows] == [(good.id, "finished")] * 2 + [(bad.id, "failed")]
-    assert rows[-1]["error"] == "RuntimeError: boom from the sweep test plugin"
+    assert rows[-1]["error"] == expected
     assert f"- `{bad.id}` (methods=" in (out / "summary.md").read_text()
     assert _wait_gone(tag) == []
 
