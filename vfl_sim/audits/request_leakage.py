@@ -29,18 +29,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
+from vfl_sim.audits.membership import auc_by_ranks
 from vfl_sim.protocol import Backward, Embed, Request
 
 
 def _auc(member: np.ndarray, score: np.ndarray) -> float | None:
-    """AUC of ``score`` for ``member`` (``None`` without both groups; 0.5 for a constant score)."""
+    """AUC of ``score`` for ``member``; ``None`` without both groups (a constant score is 0.5:
+    every member-non-member pair ties)."""
     if member.all() or not member.any():
         return None
-    if np.all(score == score[0]):
-        return 0.5
-    return float(roc_auc_score(member, score))
+    return auc_by_ranks(score, member)
 
 
 def _advantage(auc: float | None) -> float | None:
