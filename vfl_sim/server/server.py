@@ -200,17 +200,17 @@ class Server:
             p.requires_grad_(top)
         self.optimizer = build_optimizer(self.top.parameters(), optim) if top else None
         self.scheduler = build_scheduler(self.optimizer, optim.schedule, total_steps) if self.optimizer else None
-        hook: dict[str, Any] = {}
+        phase: dict[str, Any] = {}  # what else the parties' 'configure' gets for this phase
         if party_hook is not None:
-            hook.update(grad_hook=party_hook[0], hook_args=party_hook[1])
+            phase.update(grad_hook=party_hook[0], hook_args=party_hook[1])
         if defense is not None and defense.on_embeddings:
-            hook.update(defense={"clip": defense.embedding_clip, "noise": defense.embedding_noise})
+            phase.update(defense={"clip": defense.embedding_clip, "noise": defense.embedding_noise})
         self.party_op(
             CoreStep.CONFIGURE,
             optim=optim.model_dump(mode="json", include=set(OptimConfig.model_fields)),
             total_steps=total_steps,
             trainable="all" if parties else "none",
-            **hook,
+            **phase,
         )
 
     def train_epochs(
