@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -45,7 +46,7 @@ def _supervise(party: subprocess.Popen[bytes]) -> None:
     def loop() -> None:
         code = party.wait()
         print(f"vfl-sim-supernode: the party process exited with code {code}; stopping", file=sys.stderr, flush=True)
-        os.kill(os.getpid(), 15)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=loop, daemon=True, name="party-watch").start()
 
