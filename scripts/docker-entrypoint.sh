@@ -10,6 +10,16 @@ if [ "$(id -u)" = 0 ] && [ -d /runs ]; then
     uid=$(stat -c %u /runs)
     gid=$(stat -c %g /runs)
     if [ "$uid" != 0 ]; then
+        # The hand-off volumes (docker-compose.yml) are created root-owned: give the writable
+        # ones to that user too; the server's config stays readable by it alone.
+        for dir in "${VFL_SIM_SERVER_DIR:-}" "${VFL_SIM_PARTY_DATA:-}"; do
+            if [ -n "$dir" ] && [ -d "$dir" ] && [ -w "$dir" ]; then
+                chown "$uid:$gid" "$dir"
+            fi
+        done
+        if [ -n "${VFL_SIM_SERVER_DIR:-}" ] && [ -d "$VFL_SIM_SERVER_DIR" ] && [ -w "$VFL_SIM_SERVER_DIR" ]; then
+            chmod 700 "$VFL_SIM_SERVER_DIR"
+        fi
         home="/tmp/vfl-home-$uid"
         mkdir -p "$home"
         chown "$uid:$gid" "$home"

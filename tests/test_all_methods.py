@@ -12,11 +12,15 @@ import numpy as np
 import pytest
 
 from tests.conftest import assert_close, small_config
-from tests.test_flower_app import InProcessGrid, _task_identity  # noqa: F401  (autouse: Flower's run id)
+from tests.test_flower_app import (  # noqa: F401  (autouse: Flower's run id, the hand-off folders)
+    InProcessGrid,
+    _handoff_folders,
+    _task_identity,
+    handed,
+)
 from vfl_sim.experiment import prepare
 from vfl_sim.methods import available_methods, get_method
 from vfl_sim.parties.party import registered_ops
-from vfl_sim.runtimes import flower_app
 from vfl_sim.runtimes.flower_transport import FlowerTransport
 
 REQUESTS = {
@@ -102,7 +106,7 @@ def test_every_method_runs_over_flower_like_local_and_keeps_data_private(kind: s
     cfg = _config(kind)
     assert cfg.methods, f"no method supports {kind} requests"
     local = prepare(cfg).run(tmp_path / "local")
-    grid = InProcessGrid(flower_app.run_config_for(cfg, str(tmp_path / "flower")), [0, 1, 2])
+    grid = InProcessGrid(handed(cfg, str(tmp_path / "flower")), [0, 1, 2])
     transport = FlowerTransport(grid, PARTIES, connect_timeout=5)
     exp = prepare(cfg)
     flower = exp.run(tmp_path / "flower", transport=transport)

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from vfl_sim.config import ExperimentConfig, load_config
+from vfl_sim.runtimes.flower_handoff import PARTY_DATA_ENV, SERVER_DIR_ENV
 from vfl_sim.runtimes.flower_launch import (
     FLOWER_ENV,
     FlowerProcesses,
@@ -48,6 +49,18 @@ needs_compose = pytest.mark.skipif(
     reason="docker-compose is not installed (apt-get install docker-compose; .ci/run installs it)",
 )
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+
+
+# The hand-off folders (vfl_sim.runtimes.flower_handoff) each kind of service is given.
+_HANDOFF = {
+    "superlink": {SERVER_DIR_ENV: "/handoff/server"},
+    "supernode": {PARTY_DATA_ENV: "/handoff/party-data"},
+    "vfl-sim": {SERVER_DIR_ENV: "/handoff/server", PARTY_DATA_ENV: "/handoff/party-data"},
+}
+
+
+def _role(service: str) -> str:
+    return "supernode" if service.startswith("supernode-") else service
 
 
 def _services(path: Path) -> dict[str, dict[str, Any]]:
@@ -108,7 +121,7 @@ def test_docker_compose_validates_the_tls_override_merged() -> None:
         assert services[name]["command"] == command, name
     assert "flower.root_certificates=/certs/ca.crt" in services["vfl-sim"]["command"]
     for name, service in services.items():
-        assert service["environment"] == FLOWER_ENV, name
+        assert service["environment"] == {**FLOWER_ENV, **_HANDOFF[_role(name)]}, name
         assert any(v.endswith(":/runs:rw") for v in service["volumes"]), name
         assert any(v.endswith("/certs/ca.crt:/certs/ca.crt:ro") for v in service["volumes"]), name
 
@@ -129,11 +142,24 @@ def test_compose_services_share_image_environment_and_runs_folder() -> None:
         assert service["image"] == "${VFL_SIM_IMAGE:-vfl-sim:latest}", name
         assert service["build"]["context"] == ".", name
         assert service["build"]["args"]["PYTHON_IMAGE"] == "${VFL_SIM_BASE_IMAGE:-python:3.11-slim}", name
-        assert service["environment"] == FLOWER_ENV, name
+        assert service["environment"] == {**FLOWER_ENV, **_HANDOFF[_role(name)]}, name
         # The ServerApp (in the superlink container) writes the run folder, every party its
         # checkpoint: the same host folder at the same path everywhere.
         assert "./runs:/runs" in service["volumes"], name
     assert set(services["vfl-sim"]["depends_on"]) == set(services) - {"vfl-sim"}
+
+
+def test_compose_hands_the_request_to_the_server_only() -> None:
+    """The whole config (forget request, methods) travels in a volume that only the submitter
+    and the SuperLink mount; each party's columns in one the SuperNodes mount read-only."""
+    services = _services(COMPOSE)
+    server, parties = "server-config:/handoff/server", "party-data:/handoff/party-data"
+    assert {n for n, s in services.items() if server in s["volumes"]} == {"superlink", "vfl-sim"}
+    assert parties in services["vfl-sim"]["volumes"]
+    for name in _supernodes(services):
+        assert f"{parties}:ro" in services[name]["volumes"], name
+        assert not any("server" in v for v in services[name]["volumes"]), name
+    assert set(yaml.safe_load(COMPOSE.read_text())["volumes"]) == {"server-config", "party-data"}
 
 
 def test_vfl_sim_service_submits_a_valid_demo_config() -> None:

@@ -8,7 +8,9 @@ and deployment runtimes start the same ``client_app`` and ``server_app``.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import pytest
 from flwr.app import Context, Error, Message, RecordDict
@@ -19,6 +21,7 @@ from vfl_sim.experiment import prepare
 from vfl_sim.protocol import Backward, Embed, LocalOp
 from vfl_sim.runtimes import flower_app
 from vfl_sim.runtimes import flower_state as flower_app_state
+from vfl_sim.runtimes.flower_handoff import PARTY_DATA_ENV, SERVER_DIR_ENV, take_server_config
 from vfl_sim.runtimes.flower_transport import (
     DuplicatePartitionError,
     FlowerTransport,
@@ -73,6 +76,25 @@ def _task_identity() -> Iterator[None]:
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous
 
 
+@pytest.fixture(autouse=True)
+def _handoff_folders(tmp_path, monkeypatch) -> None:
+    # Where the submitter hands the server its config and each party its columns
+    # (vfl_sim.runtimes.flower_handoff); these tests are server and parties in one process.
+    monkeypatch.setenv(SERVER_DIR_ENV, str(tmp_path / "handoff-server"))
+    monkeypatch.setenv(PARTY_DATA_ENV, str(tmp_path / "handoff-parties"))
+
+
+def handed(cfg, out: str, **extra) -> dict:
+    """The run config of ``cfg``, after handing its server config and party data over."""
+    return flower_app.hand_off(
+        cfg,
+        out,
+        server_dir=Path(os.environ[SERVER_DIR_ENV]),
+        party_root=Path(os.environ[PARTY_DATA_ENV]),
+        **extra,
+    )
+
+
 def _cfg():
     return small_config(
         data={
@@ -87,7 +109,7 @@ def _cfg():
 def test_flower_run_matches_local_run(tmp_path) -> None:
     cfg = _cfg()
     local = prepare(cfg).run(tmp_path / "local")
-    grid = InProcessGrid(flower_app.run_config_for(cfg, str(tmp_path / "flower")), [2, 0, 1])
+    grid = InProcessGrid(handed(cfg, str(tmp_path / "flower")), [2, 0, 1])
     transport = FlowerTransport(grid, ["party_0", "party_1", "party_2"], connect_timeout=5)
     assert transport.nodes == {"party_0": 1001, "party_1": 1002, "party_2": 1000}
     flower = prepare(cfg).run(tmp_path / "flower", transport=transport)
@@ -103,7 +125,7 @@ def test_privacy_of_messages(tmp_path) -> None:
     """Parties receive ids, flags, operation names and gradients; never labels or features."""
     cfg = _cfg()
     exp = prepare(cfg)
-    grid = InProcessGrid(flower_app.run_config_for(cfg, str(tmp_path / "run")), [0, 1, 2])
+    grid = InProcessGrid(handed(cfg, str(tmp_path / "run")), [0, 1, 2])
     transport = FlowerTransport(grid, ["party_0", "party_1", "party_2"], connect_timeout=5)
     server = exp.build_server(transport)
     server.train_epochs(
@@ -131,7 +153,7 @@ def test_privacy_of_every_message_of_a_run(tmp_path) -> None:
 
     cfg = _cfg()
     exp = prepare(cfg)
-    grid = InProcessGrid(flower_app.run_config_for(cfg, str(tmp_path / "run")), [0, 1, 2])
+    grid = InProcessGrid(handed(cfg, str(tmp_path / "run")), [0, 1, 2])
     transport = FlowerTransport(grid, ["party_0", "party_1", "party_2"], connect_timeout=5)
     exp.run(tmp_path / "run", transport=transport)
     n = exp.dataset.labels.size
@@ -167,13 +189,13 @@ def test_privacy_of_every_message_of_a_run(tmp_path) -> None:
 
 
 def test_missing_party_is_named_after_timeout(tmp_path) -> None:
-    grid = InProcessGrid(flower_app.run_config_for(_cfg(), str(tmp_path)), [0, 2])
+    grid = InProcessGrid(handed(_cfg(), str(tmp_path)), [0, 2])
     with pytest.raises(PartyUnavailableError, match=r"parties party_1 did not connect within 1s \(2 of 3 connected\)"):
         FlowerTransport(grid, ["party_0", "party_1", "party_2"], connect_timeout=1, poll_interval=0.1)
 
 
 def test_party_that_stops_answering_is_an_error(tmp_path) -> None:
-    grid = InProcessGrid(flower_app.run_config_for(_cfg(), str(tmp_path)), [0, 1, 2])
+    grid = InProcessGrid(handed(_cfg(), str(tmp_path)), [0, 1, 2])
     transport = FlowerTransport(grid, ["party_0", "party_1", "party_2"], connect_timeout=5, round_timeout=1)
     grid.drop.add(1001)
     with pytest.raises(PartyUnavailableError, match="no reply from party_1"):
@@ -181,7 +203,7 @@ def test_party_that_stops_answering_is_an_error(tmp_path) -> None:
 
 
 def test_node_without_partition_id(tmp_path) -> None:
-    grid = InProcessGrid(flower_app.run_config_for(_cfg(), str(tmp_path)), [0])
+    grid = InProcessGrid(handed(_cfg(), str(tmp_path)), [0])
     grid.contexts[1000].node_config.clear()
     with pytest.raises(PartyUnavailableError, match="node 1000 answered: this SuperNode has no partition-id"):
         FlowerTransport(grid, ["party_0"], connect_timeout=1, poll_interval=0.1)
@@ -190,7 +212,7 @@ def test_node_without_partition_id(tmp_path) -> None:
 def test_protocol_requests_survive_the_app(tmp_path) -> None:
     import torch
 
-    grid = InProcessGrid(flower_app.run_config_for(_cfg(), str(tmp_path)), [0, 1, 2])
+    grid = InProcessGrid(handed(_cfg(), str(tmp_path)), [0, 1, 2])
     transport = FlowerTransport(grid, ["party_0", "party_1", "party_2"], connect_timeout=5)
     replies = transport.broadcast(Embed(torch.arange(5), train=False, layers=True))
     assert replies["party_0"].embedding.shape == (5, 32)
@@ -203,7 +225,7 @@ def test_party_is_rebuilt_when_state_changed_elsewhere(tmp_path) -> None:
     """A resident party is reused only while the node's state is the one it saved."""
     import torch
 
-    grid = InProcessGrid(flower_app.run_config_for(_cfg(), str(tmp_path)), [0])
+    grid = InProcessGrid(handed(_cfg(), str(tmp_path)), [0])
     transport = FlowerTransport(grid, ["party_0"], connect_timeout=5)
     transport.broadcast(LocalOp("save_state", {"name": "a"}))
     context = grid.contexts[1000]
@@ -227,7 +249,7 @@ def test_resident_party_survives_a_context_the_supernode_did_not_keep(tmp_path, 
 
     import torch
 
-    grid = InProcessGrid(flower_app.run_config_for(_cfg(), str(tmp_path)), [0])
+    grid = InProcessGrid(handed(_cfg(), str(tmp_path)), [0])
     transport = FlowerTransport(grid, ["party_0"], connect_timeout=5)
     transport.broadcast(LocalOp("save_state", {"name": "a"}))
     context = grid.contexts[1000]
@@ -245,36 +267,68 @@ def test_resident_party_survives_a_context_the_supernode_did_not_keep(tmp_path, 
     assert "older state of this party" in caplog.text
 
 
-def test_party_view_is_cached_on_the_nodes_disk(tmp_path, monkeypatch) -> None:
-    """A fresh ClientApp process loads the party's slice from the node's disk instead of
-    loading and cutting the dataset; the file is keyed by what the slice depends on."""
+def test_a_party_is_handed_only_its_share_and_its_own_columns(tmp_path, monkeypatch) -> None:
+    """What a party reads: the run config (the same for every node) carries no trace of the
+    forget request, the methods, the training recipe or the audit; the party's columns come
+    from its own file, and the party process never loads the dataset (labels included)."""
     import numpy as np
 
     cfg = _cfg()
-    config_json = flower_app.run_config_for(cfg, str(tmp_path))["vfl-config"]
-    build = flower_app.party_view.__wrapped__  # without the per-process cache
-    expected = prepare(cfg).slices[1].take(prepare(cfg).dataset.features)
-    monkeypatch.delenv("FLWR_HOME", raising=False)
-    assert np.array_equal(build(config_json, 1).numpy(), expected)  # no Flower node: nothing written
-    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
-    first = build(config_json, 1)
-    files = list((tmp_path / flower_app.VIEW_CACHE).iterdir())
-    assert len(files) == 1 and np.array_equal(np.load(files[0]), expected)
-    monkeypatch.setattr(flower_app, "load_dataset", lambda *a, **k: pytest.fail("the slice was rebuilt"))
-    assert np.array_equal(build(config_json, 1).numpy(), first.numpy())
-    monkeypatch.undo()
-    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
-    other = flower_app.run_config_for(cfg.model_copy(update={"seed": 1}), str(tmp_path))["vfl-config"]
-    build(other, 1)  # synthetic data depends on the seed: another file
-    assert len(list((tmp_path / flower_app.VIEW_CACHE).iterdir())) == 2
+    exp = prepare(cfg)
+    other = cfg.model_copy(
+        update={
+            "name": "secret-request",
+            "forget": cfg.forget.model_copy(update={"classes": [2]}),
+            "methods": cfg.methods[:1],
+            "train": cfg.train.model_copy(update={"lr": 0.123}),
+        }
+    )
+    first, second = handed(cfg, "out"), handed(other, "out")
+    tokens = {flower_app.SERVER_KEY, flower_app.DATA_KEY}
+    assert {k: v for k, v in first.items() if k not in tokens} == {k: v for k, v in second.items() if k not in tokens}
+    assert first[flower_app.SERVER_KEY] != second[flower_app.SERVER_KEY]  # random, not a digest of the config
+    assert "secret-request" not in json.dumps(second) and "0.123" not in json.dumps(second)
+    # The server gets the whole config once.
+    assert take_server_config(second[flower_app.SERVER_KEY])["forget"]["classes"] == [2]
+    with pytest.raises(RuntimeError, match="no server config"):
+        take_server_config(second[flower_app.SERVER_KEY])
+    # Each party file holds that party's columns only.
+    folder = Path(os.environ[PARTY_DATA_ENV]) / first[flower_app.DATA_KEY]
+    assert sorted(p.name for p in folder.iterdir()) == ["party_0.npy", "party_1.npy", "party_2.npy"]
+    for k, s in enumerate(exp.slices):
+        assert np.array_equal(np.load(folder / f"party_{k}.npy"), s.take(exp.dataset.features))
+    # A party process answers without loading any dataset.
+    import vfl_sim.data.loaders as loaders
+
+    monkeypatch.setattr(loaders, "load_dataset", lambda *a, **k: pytest.fail("a party loaded the dataset"))
+    grid = InProcessGrid(first, [0, 1, 2])
+    FlowerTransport(grid, ["party_0", "party_1", "party_2"], connect_timeout=5).broadcast(LocalOp("digest"))
+    context = next(iter(grid.contexts.values()))
     with pytest.raises(ValueError, match="partition-id 3 is out of range for 3 parties"):
-        build(config_json, 3)
+        flower_app.party_view(context, flower_app._party_config(context), 3)
+
+
+def test_handoff_folders_missing_are_named(tmp_path, monkeypatch) -> None:
+    from vfl_sim.errors import ConfigError
+    from vfl_sim.runtimes.flower_handoff import external_folders, read_party_data
+
+    monkeypatch.delenv(PARTY_DATA_ENV)
+    with pytest.raises(ConfigError, match=f"flower.superlink: set {PARTY_DATA_ENV} to"):
+        external_folders()
+    with pytest.raises(RuntimeError, match=f"{PARTY_DATA_ENV} is not set where this party runs"):
+        read_party_data("nothing", 0)
+    monkeypatch.setenv(PARTY_DATA_ENV, str(tmp_path))
+    with pytest.raises(RuntimeError, match="no data for party 0 at"):
+        read_party_data("nothing-either", 0)
+    monkeypatch.delenv(SERVER_DIR_ENV)
+    with pytest.raises(RuntimeError, match=f"{SERVER_DIR_ENV} is not set where the ServerApp runs"):
+        take_server_config("x")
 
 
 def test_second_node_with_a_taken_partition_id_is_refused(tmp_path) -> None:
     """Two connected SuperNodes with the same partition-id: the run fails naming it, rather
     than using one of them and leaving the other waiting."""
-    grid = InProcessGrid(flower_app.run_config_for(_cfg(), str(tmp_path)), [0, 1, 1, 2])
+    grid = InProcessGrid(handed(_cfg(), str(tmp_path)), [0, 1, 1, 2])
     with pytest.raises(DuplicatePartitionError, match=r"partition-id 1 \(party_1\): nodes 1001 and 1002"):
         FlowerTransport(grid, ["party_0", "party_1", "party_2"], connect_timeout=5, poll_interval=0.1)
 
@@ -302,7 +356,7 @@ def test_client_and_server_apps_compute_with_the_submitters_threads(tmp_path) ->
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(3)
-        run_config = flower_app.run_config_for(_cfg(), str(tmp_path))
+        run_config = handed(_cfg(), str(tmp_path))
         assert _cfg().threads == 0 and run_config["threads"] == 3
         assert flower_app.run_config_for(_cfg().model_copy(update={"threads": 5}), "x")["threads"] == 5
         torch.set_num_threads(1)  # a ClientApp process of its own, with another default

@@ -94,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
 
     fc = sub.add_parser(
         "flower-config",
-        help="print the Flower run config (TOML) that carries an experiment, for `flwr run ... --run-config FILE`",
+        help="hand an experiment to Flower by hand: write the server's config and each party's data to "
+        "$VFL_SIM_SERVER_DIR and $VFL_SIM_PARTY_DATA, print the run config (TOML) for `flwr run ... --run-config FILE`",
     )
     fc.add_argument("config", type=Path)
     fc.add_argument("--out", type=Path, required=True, help="run folder the ServerApp writes (made absolute)")
@@ -316,13 +317,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             import tomli_w
 
             from vfl_sim.experiment import prepare
-            from vfl_sim.runtimes.flower_app import run_config_for
+            from vfl_sim.runtimes.flower_app import hand_off
+            from vfl_sim.runtimes.flower_handoff import external_folders
             from vfl_sim.runtimes.flower_runtime import shipped_config
 
             cfg = load_config(args.config, args.overrides)
-            prepare(cfg)  # the same checks as a run, before anything is submitted
+            exp = prepare(cfg)  # the same checks as a run, before anything is written
+            server_dir, party_root = external_folders("flower-config")
             out = str(args.out.expanduser().resolve())
-            print(tomli_w.dumps(run_config_for(shipped_config(cfg), out, overwrite=args.overwrite)), end="")
+            run_config = hand_off(
+                shipped_config(cfg),
+                out,
+                server_dir=server_dir,
+                party_root=party_root,
+                data=(exp.dataset, exp.slices),
+                overwrite=args.overwrite,
+            )
+            print(tomli_w.dumps(run_config), end="")
             return 0
         if args.command == "audit":
             from vfl_sim.experiment import prepare

@@ -1,56 +1,62 @@
 """The Flower App: each passive party is a ClientApp node, the server is the ServerApp.
 
 The ClientApp has one handler per protocol message type. Flower builds it anew for every
-message, so each handler rebuilds the party from the run's config and the node's
-``partition-id``, restores its state from ``Context.state``, answers, and saves the state
-back (:mod:`vfl_sim.runtimes.flower_state`). Cutting the party's feature slice out of the
-dataset is pure (same config, same slice), so it is cached: per process, and on the node's disk
-(:func:`party_view`), since a deployment starts a new process for every message.
+message, so each handler rebuilds the party from the parties' share of the config and the
+node's ``partition-id`` (or reuses the one this process keeps), restores its state from
+``Context.state``, answers, and saves the state back (:mod:`vfl_sim.runtimes.flower_state`).
 
-The run's config travels in the Flower run config as one JSON string (``vfl-config``), with
-the run folder (``out-dir``), the timeouts, the submitter's working directory (for plugin
-modules) and the torch thread count that the submitter resolved (``threads``, applied by the
-ServerApp and every ClientApp alike) beside it: :data:`APP_CONFIG` lists the keys and their
-defaults.
+The run config, which every node reads, carries only the parties' share of the experiment's
+config (``vfl-config``) and two random tokens: one names the whole config that the submitter
+handed to the ServerApp (``server-config``), the other the folder of each party's own columns
+(``party-data``); :mod:`vfl_sim.runtimes.flower_handoff` explains the hand-off. Beside them
+travel the run folder (``out-dir``), the timeouts, the submitter's working directory (for
+plugin modules) and the torch thread count that the submitter resolved (``threads``, applied by
+the ServerApp and every ClientApp alike): :data:`APP_CONFIG` lists the keys and their defaults.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import sys
 from collections import deque
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 import vfl_sim.methods  # noqa: F401  (the built-in methods' party-side steps, in each ClientApp's process)
-from vfl_sim import __version__
 from vfl_sim.config import ExperimentConfig, config_from_dict
-from vfl_sim.data.loaders import load_dataset
-from vfl_sim.data.partition import partition_features, party_ids
+from vfl_sim.data.dataset import VflDataset
+from vfl_sim.data.partition import PartySlice, party_ids
 from vfl_sim.experiment import apply_threads, prepare, resolve_threads
 from vfl_sim.parties.build import build_party
 from vfl_sim.parties.party import Party
 from vfl_sim.plugins import import_plugins
 from vfl_sim.runtimes.flower_codec import decode_request, encode_reply
+from vfl_sim.runtimes.flower_handoff import (
+    hand_to_server,
+    new_token,
+    party_share,
+    read_party_data,
+    take_server_config,
+    write_party_data,
+)
 from vfl_sim.runtimes.flower_pace import pace_grid
 from vfl_sim.runtimes.flower_state import restore_party, save_party, state_stamp
 from vfl_sim.runtimes.flower_transport import FlowerTransport, hello_reply
-from vfl_sim.seeding import derive_seed
 
 CONFIG_KEY, OUT_KEY, WORKDIR_KEY, THREADS_KEY = "vfl-config", "out-dir", "work-dir", "threads"
+SERVER_KEY, DATA_KEY = "server-config", "party-data"
 
 APP_CONFIG: dict[str, Any] = {
     CONFIG_KEY: "{}",
+    SERVER_KEY: "",
+    DATA_KEY: "",
     OUT_KEY: "runs/flower",
     "overwrite": False,
     "resume": False,
@@ -64,8 +70,11 @@ APP_CONFIG: dict[str, Any] = {
 overrides of keys declared there)."""
 
 
-def run_config_for(cfg: ExperimentConfig, out_dir: str, **extra: Any) -> dict[str, Any]:
-    """The Flower run config that carries an experiment (flat keys, as Flower requires).
+def run_config_for(
+    cfg: ExperimentConfig, out_dir: str, *, server_token: str = "", data_token: str = "", **extra: Any
+) -> dict[str, Any]:
+    """The Flower run config of an experiment (flat keys, as Flower requires): the parties'
+    share of ``cfg`` and the tokens of what :func:`hand_off` wrote.
 
     The Flower section of ``cfg`` gives the timeouts and poll interval; ``extra`` overrides.
     The thread count is resolved here, in the submitting process
@@ -74,7 +83,9 @@ def run_config_for(cfg: ExperimentConfig, out_dir: str, **extra: Any) -> dict[st
     """
     config = {
         **APP_CONFIG,
-        CONFIG_KEY: json.dumps(cfg.model_dump(mode="json")),
+        CONFIG_KEY: json.dumps(party_share(cfg)),
+        SERVER_KEY: server_token,
+        DATA_KEY: data_token,
         OUT_KEY: out_dir,
         WORKDIR_KEY: os.getcwd(),
         "connect-timeout": cfg.flower.connect_timeout,
@@ -87,6 +98,29 @@ def run_config_for(cfg: ExperimentConfig, out_dir: str, **extra: Any) -> dict[st
     if unknown:
         raise KeyError(f"not run-config keys of the app: {sorted(unknown)}")
     return config
+
+
+def hand_off(
+    cfg: ExperimentConfig,
+    out_dir: str,
+    *,
+    server_dir: Path,
+    party_root: Path,
+    data: tuple[VflDataset, list[PartySlice]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write the whole config for the ServerApp into ``server_dir`` and each party's columns
+    into a new folder under ``party_root``; returns the run config that names both.
+
+    ``data`` is the dataset and party slices of ``cfg`` where the caller has them (loaded
+    here otherwise)."""
+    if data is None:
+        exp = prepare(cfg)
+        data = exp.dataset, exp.slices
+    server_token, data_token = new_token(), new_token()
+    write_party_data(data[0], data[1], party_root / data_token)
+    hand_to_server(cfg, server_dir, server_token)
+    return run_config_for(cfg, out_dir, server_token=server_token, data_token=data_token, **extra)
 
 
 def _setting(context: Context, key: str) -> Any:
@@ -104,65 +138,24 @@ def _apply_threads(context: Context) -> int:
     return threads or torch.get_num_threads()
 
 
-def _import_plugins(context: Context) -> ExperimentConfig:
-    """The run's config, after importing its plugin modules (their methods and party ops)."""
+def _import_plugins(context: Context, cfg: ExperimentConfig) -> None:
+    """Import the run's plugin modules (their methods and party ops)."""
     work_dir = str(_setting(context, WORKDIR_KEY))
     if work_dir and work_dir not in sys.path:
         sys.path.insert(0, work_dir)
-    cfg = config_from_dict(json.loads(str(context.run_config[CONFIG_KEY])))
     import_plugins(cfg.plugins)
-    return cfg
 
 
-VIEW_CACHE = "vfl-sim-party-views"
+def _party_config(context: Context) -> ExperimentConfig:
+    """The parties' share of the run's config (server-only sections at their defaults)."""
+    return config_from_dict(json.loads(str(context.run_config[CONFIG_KEY])))
 
 
-@lru_cache(maxsize=8)
-def party_view(config_json: str, partition_id: int) -> torch.Tensor:
-    """Party ``partition_id``'s columns of every sample for the experiment ``config_json``.
-
-    In a Flower node (``FLWR_HOME`` set) the slice is also kept as a ``.npy`` file under
-    ``$FLWR_HOME/vfl-sim-party-views``, keyed by everything it depends on (the data and
-    partition sections, the seed, the party, and the size and time of every file under
-    ``data.root``), so that a fresh ClientApp process loads it instead of loading and cutting
-    the dataset (which costs about a second for digits, mostly importing scikit-learn).
-    """
-    cfg = config_from_dict(json.loads(config_json))
+def party_view(context: Context, cfg: ExperimentConfig, partition_id: int) -> torch.Tensor:
+    """Party ``partition_id``'s own columns of every sample, as the submitter handed them over."""
     if not 0 <= partition_id < cfg.partition.parties:
         raise ValueError(f"partition-id {partition_id} is out of range for {cfg.partition.parties} parties")
-    path = _view_path(cfg, partition_id)
-    if path is not None and path.is_file():
-        return torch.from_numpy(np.load(path))
-    dataset = load_dataset(cfg.data, parties=cfg.partition.parties, seed=cfg.seed)
-    slices = partition_features(
-        cfg.partition, dataset.sample_shape, derive_seed(cfg.seed, "partition"), dataset.column_names
-    )
-    view = slices[partition_id].take(dataset.features)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial.npy")
-        np.save(partial, view)
-        os.replace(partial, path)  # atomic: another process of the node may read it meanwhile
-    return torch.from_numpy(view)
-
-
-def _view_path(cfg: ExperimentConfig, partition_id: int) -> Path | None:
-    home = os.environ.get("FLWR_HOME")
-    if not home:
-        return None
-    key: dict[str, Any] = {
-        "data": cfg.data.model_dump(mode="json"),
-        "partition": cfg.partition.model_dump(mode="json"),
-        "seed": cfg.seed,
-        "party": partition_id,
-        "version": __version__,
-    }
-    if cfg.data.root is not None and Path(cfg.data.root).is_dir():
-        key["files"] = sorted(
-            (str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in Path(cfg.data.root).rglob("*") if p.is_file()
-        )
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return Path(home) / VIEW_CACHE / f"party{partition_id}-{digest}.npy"
+    return torch.from_numpy(read_party_data(str(_setting(context, DATA_KEY)), partition_id))
 
 
 def _partition_id(context: Context) -> int:
@@ -194,11 +187,10 @@ def _party(context: Context) -> Party:
                 context.node_id,
             )
         return resident[1]
+    cfg, pid = _party_config(context), _partition_id(context)
     if resident is None:
-        _import_plugins(context)  # party ops of plugin methods; once per process and node
-    config_json = str(context.run_config[CONFIG_KEY])
-    cfg, pid = config_from_dict(json.loads(config_json)), _partition_id(context)
-    view = party_view(config_json, pid)
+        _import_plugins(context, cfg)  # party ops of plugin methods; once per process and node
+    view = party_view(context, cfg, pid)
     party = build_party(cfg, party_ids(cfg.partition.parties)[pid], view, torch.device("cpu"), replay_backward=True)
     restore_party(party, context.state)
     return party
@@ -264,7 +256,8 @@ def main(grid: Grid, context: Context) -> None:
     log.setLevel(logging.INFO)
     pace_grid()  # a deployment's grid pulls reply content; a simulation's grid ignores this
     threads = _apply_threads(context)
-    cfg = _import_plugins(context)
+    cfg = config_from_dict(take_server_config(str(_setting(context, SERVER_KEY))))
+    _import_plugins(context, cfg)
     exp = prepare(cfg)
     log.info("computing with %d torch threads", threads)
     log.info("waiting for %d parties", cfg.partition.parties)

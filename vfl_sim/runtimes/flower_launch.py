@@ -345,20 +345,30 @@ class FlowerProcesses:
         return proc
 
     def start_superlink(
-        self, port: int, *, simulation: bool = False, tls: TlsFiles | None = None, timeout: float = 60.0
+        self,
+        port: int,
+        *,
+        simulation: bool = False,
+        tls: TlsFiles | None = None,
+        timeout: float = 60.0,
+        env: Mapping[str, str] | None = None,
     ) -> str:
-        """Start a SuperLink on 127.0.0.1 and wait until it answers; returns its address."""
-        self.start("superlink", superlink_command("127.0.0.1", port, simulation=simulation, tls=tls))
+        """Start a SuperLink on 127.0.0.1 and wait until it answers; returns its address.
+        ``env`` adds to its environment (which the ServerApp it starts inherits)."""
+        self.start("superlink", superlink_command("127.0.0.1", port, simulation=simulation, tls=tls), env=env)
         self.wait_ready("superlink", port, tls=tls, timeout=timeout)
         return f"127.0.0.1:{port}"
 
-    def start_supernodes(self, superlink: str, parties: int, *, tls: TlsFiles | None = None) -> None:
-        """One SuperNode per party, each with its own ClientAppIo port and Flower home."""
+    def start_supernodes(
+        self, superlink: str, parties: int, *, tls: TlsFiles | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
+        """One SuperNode per party, each with its own ClientAppIo port and Flower home; ``env``
+        adds to their environment."""
         for k in range(parties):
             home = self.folder / f"node_{k}"
             home.mkdir(exist_ok=True)
             cmd = supernode_command(superlink, k, parties, "127.0.0.1", free_port(), tls=tls)
-            self.start(f"supernode_{k}", cmd, env={"FLWR_HOME": str(home)})
+            self.start(f"supernode_{k}", cmd, env={**(env or {}), "FLWR_HOME": str(home)})
 
     def wait_ready(self, name: str, port: int, *, tls: TlsFiles | None, timeout: float) -> None:
         """Wait until the SuperLink's HTTP API answers its health check."""

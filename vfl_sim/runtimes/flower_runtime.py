@@ -30,11 +30,14 @@ import tomli_w
 
 from vfl_sim import __version__
 from vfl_sim.config import ExperimentConfig
+from vfl_sim.data.dataset import VflDataset
+from vfl_sim.data.partition import PartySlice
 from vfl_sim.experiment import Experiment
 from vfl_sim.progress import ProgressReporter
 from vfl_sim.runfolder import check_before_start
 from vfl_sim.runtimes.base import Runtime, register_runtime
-from vfl_sim.runtimes.flower_app import APP_CONFIG, run_config_for
+from vfl_sim.runtimes.flower_app import APP_CONFIG, DATA_KEY, SERVER_KEY, hand_off
+from vfl_sim.runtimes.flower_handoff import PARTY_DATA_ENV, SERVER_DIR_ENV, external_folders
 from vfl_sim.runtimes.flower_launch import FlowerProcesses, FlowerRuntimeError, free_port
 
 log = logging.getLogger("vfl_sim")
@@ -89,35 +92,61 @@ def run_on_flower(
     resume: bool = False,
     on_line: Callable[[str], None] | None = None,
     keep: Callable[[FlowerProcesses], None] | None = None,
+    data: tuple[VflDataset, list[PartySlice]] | None = None,
 ) -> dict[str, Any]:
     """Run ``cfg`` on its Flower runtime and return the report the ServerApp wrote to ``out``.
 
     ``on_line`` receives the run's log lines as they arrive. ``keep`` is called with the
-    processes once the run is submitted (tests use it to kill a party). The processes are
-    always stopped; their logs are copied into ``out/flower_logs`` when the run succeeds, and
-    kept in a temporary folder named in the error when it fails.
+    processes once the run is submitted (tests use it to kill a party). ``data`` is the
+    dataset and party slices of ``cfg`` where the caller has them, to hand each party its own
+    columns (:mod:`vfl_sim.runtimes.flower_handoff`). The processes are always stopped; their
+    logs are copied into ``out/flower_logs`` when the run succeeds, and kept in a temporary
+    folder named in the error when it fails.
     """
     if cfg.runtime not in ("flower-sim", "flower-deploy"):
         raise ValueError(f"runtime '{cfg.runtime}' does not run on Flower")
     out = out.expanduser().resolve()
+    if cfg.runtime == "flower-deploy" and cfg.flower.superlink is not None:
+        server_dir, party_root = external_folders()  # before anything starts
     folder = Path(tempfile.mkdtemp(prefix="vfl-sim-flower-"))
+    if cfg.runtime == "flower-sim" or cfg.flower.superlink is None:
+        server_dir, party_root = folder / "server", folder / "party-data"
+    # The ServerApp inherits the SuperLink's environment, each party its SuperNode's; a
+    # simulated party runs in the SuperLink's simulation process, so that one gets both.
+    to_server = {SERVER_DIR_ENV: str(server_dir), PARTY_DATA_ENV: ""}
+    to_parties = {SERVER_DIR_ENV: "", PARTY_DATA_ENV: str(party_root)}
     ca = Path(cfg.flower.root_certificates) if cfg.flower.root_certificates else None
-    with FlowerProcesses(folder) as procs:
-        federation = None
-        if cfg.runtime == "flower-sim":
-            address = procs.start_superlink(free_port(), simulation=True)
-            federation = federation_config(cfg)
-        elif cfg.flower.superlink is None:
-            address = procs.start_superlink(free_port())
-            procs.start_supernodes(address, cfg.partition.parties)
-        else:
-            address = cfg.flower.superlink
-        procs.add_connection(CONNECTION, address, root_certificates=ca)
-        run_config = run_config_for(shipped_config(cfg), str(out), overwrite=overwrite, resume=resume)
-        run_id = procs.submit(write_app(folder / "app"), CONNECTION, run_config, federation)
-        if keep is not None:
-            keep(procs)
-        status = procs.wait(run_id, CONNECTION, timeout=cfg.flower.run_timeout, on_line=on_line)
+    run_config: dict[str, Any] = {}
+    try:
+        with FlowerProcesses(folder) as procs:
+            federation = None
+            if cfg.runtime == "flower-sim":
+                sim_env = {**to_server, PARTY_DATA_ENV: str(party_root)}
+                address = procs.start_superlink(free_port(), simulation=True, env=sim_env)
+                federation = federation_config(cfg)
+            elif cfg.flower.superlink is None:
+                address = procs.start_superlink(free_port(), env=to_server)
+                procs.start_supernodes(address, cfg.partition.parties, env=to_parties)
+            else:
+                address = cfg.flower.superlink
+            procs.add_connection(CONNECTION, address, root_certificates=ca)
+            run_config = hand_off(
+                shipped_config(cfg),
+                str(out),
+                server_dir=server_dir,
+                party_root=party_root,
+                data=data,
+                overwrite=overwrite,
+                resume=resume,
+            )
+            run_id = procs.submit(write_app(folder / "app"), CONNECTION, run_config, federation)
+            if keep is not None:
+                keep(procs)
+            status = procs.wait(run_id, CONNECTION, timeout=cfg.flower.run_timeout, on_line=on_line)
+    finally:
+        if run_config:  # what the run did not take is removed with it
+            (server_dir / f"{run_config[SERVER_KEY]}.json").unlink(missing_ok=True)
+            shutil.rmtree(party_root / str(run_config[DATA_KEY]), ignore_errors=True)
     # On failure the logs stay in `folder` for the error message; on success they join the run.
     if status.get("status") != "finished:completed":
         detail = status.get("status-details") or status.get("status")
@@ -157,7 +186,9 @@ class _FlowerRuntime(Runtime):
         out = self.resolve_out(out)
         check_before_start(out, overwrite, resume)  # before any process starts
         log.info("starting the %s runtime (%d parties)", self.name, len(exp.slices))
-        return run_on_flower(exp.cfg, out, overwrite=overwrite, resume=resume, on_line=on_line)
+        return run_on_flower(
+            exp.cfg, out, overwrite=overwrite, resume=resume, on_line=on_line, data=(exp.dataset, exp.slices)
+        )
 
 
 @register_runtime("flower-sim")
