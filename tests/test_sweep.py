@@ -35,6 +35,7 @@ from vfl_sim.sweep_table import (
     failed_row,
     format_stat,
     jsonl_text,
+    lookup,
     mean_std,
     summarize,
     summary_markdown,
@@ -247,6 +248,23 @@ def test_rows_hold_axes_seed_model_status_and_metrics() -> None:
     assert first["bytes_total"] == 1000 and first["utility"] == "pass" and first["removal"] is False
     assert first["relearning_full_area_gap"] is None and first["cka_original"] is None  # missing -> empty
     assert rows[-1]["status"] == FAILED and rows[-1]["model"] is None and rows[-1]["error"] == "RuntimeError: boom"
+
+
+def test_party_columns_take_the_worst_party() -> None:
+    """``*`` in a metric's path is every party: the column is the largest value (the worst
+    party), ignoring parties without one; no party with a value gives an empty cell."""
+    entry = {
+        "model_completion": {"parties": {"party_0": {"completion_gap": 0.02}, "party_1": {"completion_gap": None}}},
+        "request_leakage": {
+            "party_0": {"ids_advantage": 0.0, "gradient_norm_advantage": 0.7},
+            "party_1": {"ids_advantage": 1.0, "gradient_norm_advantage": None},
+        },
+    }
+    (row,) = cell_rows("c", {}, 0, {"models": {"neggrad": entry}})
+    assert row["completion_gap_max"] == 0.02
+    assert (row["request_ids_advantage_max"], row["request_gradient_advantage_max"]) == (1.0, 0.7)
+    assert lookup({"a": {"p": {"x": True}}}, "a.*.x") is None  # a flag is not a number
+    assert lookup({"a": 3}, "a.*.x") is None
 
 
 def test_csv_and_jsonl_agree() -> None:

@@ -31,7 +31,9 @@ STATUS = "status"
 ERROR = "error"
 
 # Column name -> path in ``report.json["models"][model]``. Paths that are missing in a report
-# (an audit that does not apply to the request kind, an older schema) give an empty value.
+# (an audit that does not apply to the request kind, an older schema) give an empty value. A
+# ``*`` part stands for every key there (each party): the column is the largest value found,
+# the worst party.
 METRICS: tuple[tuple[str, str], ...] = (
     ("retain_test_acc", "output.retain_test_acc"),
     ("forget_test_acc", "output.forget_test_acc"),
@@ -68,6 +70,10 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("representation_forgetting", "certificate.representation_forgetting.status"),
     ("trilemma", "certificate.trilemma"),
     ("removal", "certificate.removal"),
+    ("completion_gap_max", "model_completion.parties.*.completion_gap"),
+    ("request_ids_advantage_max", "request_leakage.*.ids_advantage"),
+    ("request_gradient_advantage_max", "request_leakage.*.gradient_norm_advantage"),
+    ("cover_decoy_bytes", "cover.decoy_bytes"),
     ("runtime_s", "runtime_s"),
     ("bytes_total", "communication.bytes_total"),
 )
@@ -102,10 +108,23 @@ def encode_value(value: Any) -> Any:
 
 
 def lookup(tree: Mapping[str, Any], path: str) -> Any:
-    """``tree`` at the dotted ``path``, or ``None`` where any part is missing."""
+    """``tree`` at the dotted ``path``, or ``None`` where any part is missing; a ``*`` part
+    takes the largest number found under any key there (``None`` if none is)."""
     node: Any = tree
-    for part in path.split("."):
-        if not isinstance(node, Mapping) or part not in node:
+    parts = path.split(".")
+    for k, part in enumerate(parts):
+        if not isinstance(node, Mapping):
+            return None
+        if part == "*":
+            rest = ".".join(parts[k + 1 :])
+            found = [
+                lookup(child, rest) if rest else child
+                for child in node.values()
+                if isinstance(child, Mapping) or not rest
+            ]
+            numbers = [v for v in found if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            return max(numbers) if numbers else None
+        if part not in node:
             return None
         node = node[part]
     return None if isinstance(node, (Mapping, list)) else node
