@@ -258,6 +258,11 @@ class ForgetConfig(_Section):
     """``kind: party`` or ``features``: the party, such as ``party_1``."""
     columns: list[int | str] | None = None
     """``kind: features``: the party's columns, by name or global index."""
+    cover: bool = False
+    """``kind: class`` or ``samples``: while each unlearning method runs, pad every message that names
+    samples with decoy ids so that each party is asked about every training sample equally often and
+    cannot tell the forget set from the ids (decoys get zero gradient rows: the gradient channel keeps
+    its leakage; cost in ``models.<name>.cover``; see ``vfl_sim.server.cover``)."""
 
     @model_validator(mode="after")
     def _one_target(self) -> ForgetConfig:
@@ -287,6 +292,11 @@ class ForgetConfig(_Section):
             raise ValueError(f"forget.kind '{self.kind}' needs forget.party, a party id such as party_1")
         if self.kind == ForgetKind.FEATURES and not self.columns:
             raise ValueError("forget.kind 'features' needs forget.columns, a non-empty list of column names or indices")
+        if self.cover and self.kind in ForgetKind.OF_A_PARTY:
+            raise ValueError(
+                f"forget.cover hides a forget set among the training samples; a '{self.kind}' request forgets "
+                "no samples (every sample stays), so there is nothing to cover: remove forget.cover"
+            )
         return self
 
 

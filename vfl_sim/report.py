@@ -14,7 +14,7 @@ from typing import Any
 
 from vfl_sim.forget import ForgetKind
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 """1.1: ``controls`` (built-in control models and calibration retrains, audited like models),
 ``audit.certificate`` (controls, calibration, power, tolerances), checks with ``status``,
 ``interval``, ``tolerance``, ``tolerance_source`` and ``mde``, ``models.<m>.diverged``, the

@@ -155,7 +155,9 @@ class Experiment(ExperimentSpec):
         ledger = RequestLedger(work / LEDGER_FILE)
         rid = self.forget.request_id
         entry = ledger.open(rid, self.forget.describe(), [m.label for m in self.methods])
-        coordinator = UnlearningCoordinator(server, self.forget, cfg.train, seed=cfg.seed, top_seed=self.top_seed)
+        coordinator = UnlearningCoordinator(
+            server, self.forget, cfg.train, seed=cfg.seed, top_seed=self.top_seed, cover=cfg.forget.cover
+        )
         for method in self.methods:
             if method.label in entry.done and restored(server, method.label, checkpoints):
                 log.info("%s: already applied to request %s; loaded its checkpoint", method.label, rid)

@@ -127,21 +127,38 @@ def adversarial_labels(
     """
     ids = ids.to(torch.int64).cpu()
     chunks = list(torch.split(ids, batch_size))
-    clean, _ = server.embed(chunks[0])
+    # Under forget.cover every chunk carries decoys (zero cotangent rows: their FGSM step is
+    # zero); the server reads the real rows of every reply.
+    sent = server.cover_plan(chunks)
+    clean, _ = server.embed(sent[0].ids, cover=False)
+    if server.cover is not None:
+        for e in clean:
+            server.cover.count(sent[0], sent[0].ids, e)
     out: list[torch.Tensor] = []
     server.top.eval()
     for t, chunk in enumerate(chunks):
-        leaves = [e.detach().requires_grad_(True) for e in clean]
+        leaves = [sent[t].take(e).detach().requires_grad_(True) for e in clean]
         labels = server.labels[chunk.to(server.device)]
         loss = F.cross_entropy(server.top(fuse(leaves, server.fusion)), labels)
         grads = torch.autograd.grad(loss, leaves)
-        nxt = chunks[t + 1] if t + 1 < len(chunks) else None
+        nxt = sent[t + 1].ids if t + 1 < len(chunks) else None
         tensors = {
-            pid: {"ids": chunk, "grad": g.detach(), **({"next_ids": nxt} if nxt is not None else {})}
+            pid: {
+                "ids": sent[t].ids,
+                "grad": sent[t].scatter(g.detach()),
+                **({"next_ids": nxt} if nxt is not None else {}),
+            }
             for pid, g in zip(server.party_ids, grads)
         }
         acks = server.party_call(boundary_fgsm.name, {"bound": bound}, tensors)
-        adv = server.logits([acks[pid].tensors["embedding"].to(server.device) for pid in server.party_ids])
+        if server.cover is not None:
+            for pid in server.party_ids:
+                server.cover.count(sent[t], sent[t].ids, tensors[pid]["grad"], acks[pid].tensors["embedding"])
+                if nxt is not None:
+                    server.cover.count(sent[t + 1], nxt, acks[pid].tensors["next"])
+        adv = server.logits(
+            [sent[t].take(acks[pid].tensors["embedding"].to(server.device)) for pid in server.party_ids]
+        )
         pred = adv.argmax(1)
         if incorrect_only:
             others = adv.scatter(1, labels[:, None], float("-inf"))

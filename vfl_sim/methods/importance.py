@@ -161,7 +161,10 @@ def accumulate_statistics(
         p.requires_grad_(True)
     stats = {n: torch.zeros_like(p) for n, p in named}
     batches = make_batches(torch.arange(ids.numel()), batch_size, generator)
-    for pos in batches:
+    # Under forget.cover each round's ids carry decoys, with zero cotangent rows (no effect on
+    # the party's sums; the rows are in eval mode, so no batch statistics either).
+    sent = server.cover_plan([ids[pos] for pos in batches])
+    for pos, padded in zip(batches, sent):
         batch = ids[pos]
         leaves = [e[pos.to(e.device)].detach().requires_grad_(True) for e in embeddings]
         fused = fuse(leaves, server.fusion)
@@ -174,11 +177,13 @@ def accumulate_statistics(
             for (n, _), g in zip(named, grads[: len(params)]):
                 stats[n] += g.pow(2) if kind == "batch_sq" else g
             cotangents = [g.detach() for g in grads[len(params) :]]
-        server.party_call(
-            _accumulate_grads.name,
-            {"name": name, "kind": kind},
-            {pid: {"ids": batch, "grad": c.cpu()} for pid, c in zip(server.party_ids, cotangents)},
-        )
+        tensors = {
+            pid: {"ids": padded.ids, "grad": padded.scatter(c.cpu())} for pid, c in zip(server.party_ids, cotangents)
+        }
+        if server.cover is not None:
+            for t in tensors.values():
+                server.cover.count(padded, t["ids"], t["grad"])
+        server.party_call(_accumulate_grads.name, {"name": name, "kind": kind}, tensors)
     return stats, len(batches)
 
 

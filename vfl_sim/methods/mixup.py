@@ -12,6 +12,7 @@ from vfl_sim.methods.registry import register_method
 from vfl_sim.models.top import fuse
 from vfl_sim.optim import clear_grads
 from vfl_sim.protocol import Backward, Embed, EmbedReply, Reply
+from vfl_sim.server.cover import Padded
 from vfl_sim.server.server import Server, count_batches, make_batches
 from vfl_sim.server.unlearning import MethodParams, UnlearningContext, UnlearningMethod
 
@@ -40,6 +41,18 @@ def _embeddings(server: Server, replies: dict[str, Reply]) -> list[torch.Tensor]
             raise RuntimeError(f"{pid} answered {type(reply).__name__} where an embedding was expected")
         out.append(reply.embedding.to(server.device))
     return out
+
+
+def _grad(t: torch.Tensor) -> torch.Tensor:
+    assert t.grad is not None
+    return t.grad
+
+
+def _count(server: Server, padded: Padded, sent: list[torch.Tensor], grads: dict[str, torch.Tensor]) -> None:
+    """Add one round's decoy bytes (ids, embeddings, gradients) to the cover's count."""
+    if server.cover is not None:
+        for pid, e in zip(server.party_ids, sent):
+            server.cover.count(padded, padded.ids, e, grads[pid])
 
 
 def pair_mix(n: int, lambdas: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -113,17 +126,27 @@ class FewShotMixup(UnlearningMethod[FewShotMixupParams]):
         server.configure(optim.model_copy(update={"schedule": "constant"}), 0)
         server.top.train()
         for _ in range(p.epochs):
-            for ids in forget_sets:
-                for batch in make_batches(ids, p.batch_size, ctx.generator):
-                    self.forget_step(server, batch, ctx)
-            for batch in make_batches(retain, p.batch_size, ctx.generator):
-                self.recovery_step(server, batch, ctx)
+            # The epoch's batches, drawn in the order the steps use them (the steps draw
+            # nothing from the generator before the recovery batches are cut); under
+            # forget.cover they travel with the epoch's decoys.
+            forget_batches = [b for ids in forget_sets for b in make_batches(ids, p.batch_size, ctx.generator)]
+            retain_batches = make_batches(retain, p.batch_size, ctx.generator)
+            sent = server.cover_plan(forget_batches + retain_batches)
+            for batch, padded in zip(forget_batches, sent):
+                self.forget_step(server, batch, ctx, padded)
+            for batch, padded in zip(retain_batches, sent[len(forget_batches) :]):
+                self.recovery_step(server, batch, ctx, padded)
 
-    def forget_step(self, server: Server, batch: torch.Tensor, ctx: UnlearningContext) -> None:
-        """Mix every pair of the batch's embeddings, ascend through the top, send averaged gradients."""
+    def forget_step(
+        self, server: Server, batch: torch.Tensor, ctx: UnlearningContext, padded: Padded | None = None
+    ) -> None:
+        """Mix every pair of the batch's embeddings, ascend through the top, send averaged gradients
+        (``padded``: the batch as sent, with decoys under ``forget.cover``)."""
         p = self.params
         assert server.optimizer is not None
-        embeddings = _embeddings(server, server.transport.broadcast(Embed(batch, train=True)))
+        padded = padded or Padded.plain(batch)
+        sent = _embeddings(server, server.transport.broadcast(Embed(padded.ids, train=True)))
+        embeddings = [padded.take(e) for e in sent]
         i, j, lam = pair_mix(batch.numel(), p.lambdas)
         lam = lam.to(server.device).unsqueeze(1)
         mixed = [(lam * e[i] + (1 - lam) * e[j]).detach().requires_grad_(True) for e in embeddings]
@@ -144,16 +167,21 @@ class FewShotMixup(UnlearningMethod[FewShotMixupParams]):
             g = torch.zeros(batch.numel(), m.shape[1], device=server.device)
             g.index_add_(0, i.to(server.device), m.grad)
             g.index_add_(0, j.to(server.device), m.grad)
-            grads[pid] = g / count.unsqueeze(1)
+            grads[pid] = padded.scatter(g / count.unsqueeze(1))
+        _count(server, padded, sent, grads)
         server.transport.exchange({pid: Backward(grads[pid]) for pid in server.party_ids})
         if ctx.on_step is not None:
             ctx.on_step(sum(losses) / len(losses))
 
-    def recovery_step(self, server: Server, batch: torch.Tensor, ctx: UnlearningContext) -> None:
+    def recovery_step(
+        self, server: Server, batch: torch.Tensor, ctx: UnlearningContext, padded: Padded | None = None
+    ) -> None:
         """Within-class mixup of the retained few-shot embeddings, descent on their labels."""
         p = self.params
         assert server.optimizer is not None
-        embeddings = _embeddings(server, server.transport.broadcast(Embed(batch, train=True)))
+        padded = padded or Padded.plain(batch)
+        sent = _embeddings(server, server.transport.broadcast(Embed(padded.ids, train=True)))
+        embeddings = [padded.take(e) for e in sent]
         labels = server.labels[batch.to(server.device)]
         partner = torch.arange(batch.numel())
         lam = torch.ones(batch.numel())
@@ -170,7 +198,9 @@ class FewShotMixup(UnlearningMethod[FewShotMixupParams]):
         loss = F.cross_entropy(server.top(fuse(mixed, server.fusion)), labels)
         loss.backward()
         server.optimizer.step()
-        server.transport.exchange({pid: Backward(m.grad) for pid, m in zip(server.party_ids, mixed)})  # type: ignore[arg-type]
+        grads = {pid: padded.scatter(_grad(m)) for pid, m in zip(server.party_ids, mixed)}
+        _count(server, padded, sent, grads)
+        server.transport.exchange({pid: Backward(grads[pid]) for pid in server.party_ids})
         if ctx.on_step is not None:
             ctx.on_step(float(loss.detach()))
 

@@ -270,23 +270,32 @@ class Unsir(UnlearningMethod[UnsirParams]):
     def impair_epoch(
         self, server: Server, batches: list[torch.Tensor], noise_labels: torch.Tensor, ctx: UnlearningContext
     ) -> None:
-        """Split learning over batches of real ids and noise rows (``-1 - row``)."""
+        """Split learning over batches of real ids and noise rows (``-1 - row``).
+
+        Under ``forget.cover`` each batch carries decoy training ids (zero gradient rows; noise
+        rows are not samples and are not counted)."""
         assert server.optimizer is not None
-        acks = server.party_call(unsir_train_step.name, {}, {pid: {"next_ids": batches[0]} for pid in server.party_ids})
+        sent = server.cover_plan(batches)
+        acks = server.party_call(
+            unsir_train_step.name, {}, {pid: {"next_ids": sent[0].ids} for pid in server.party_ids}
+        )
         for t, batch in enumerate(batches):
             leaves = [e.requires_grad_(True) for e in _embeddings(server, acks)]
             b = batch.to(server.device)
             labels = torch.where(b >= 0, server.labels[b.clamp_min(0)], noise_labels[(-1 - b).clamp_min(0)])
-            loss = F.cross_entropy(server.top(fuse(leaves, server.fusion)), labels)
+            loss = F.cross_entropy(server.top(fuse([sent[t].take(leaf) for leaf in leaves], server.fusion)), labels)
             clear_grads(server.optimizer)
             loss.backward()
             server.optimizer.step()
             if server.scheduler is not None:
                 server.scheduler.step()
             tensors = {pid: {"grad": _grad(leaf)} for pid, leaf in zip(server.party_ids, leaves)}
+            if server.cover is not None:
+                for pid, leaf in zip(server.party_ids, leaves):
+                    server.cover.count(sent[t], sent[t].ids, leaf, tensors[pid]["grad"])
             if t + 1 < len(batches):
                 for pid in server.party_ids:
-                    tensors[pid]["next_ids"] = batches[t + 1]
+                    tensors[pid]["next_ids"] = sent[t + 1].ids
             acks = server.party_call(unsir_train_step.name, {}, tensors)
             if ctx.on_step is not None:
                 ctx.on_step(float(loss.detach()))

@@ -30,11 +30,20 @@ from vfl_sim.server.unlearning import ForgetSet, UnlearningContext, UnlearningMe
 from vfl_sim.transport import CommStats
 
 
+def _request_fields(request: ForgetConfig) -> dict[str, Any]:
+    """The request as the ledger and the report name it: ``cover`` only when on (a request
+    without it keeps the id and the ledger entry it had before the field existed)."""
+    fields = request.model_dump(mode="json", exclude_none=True)
+    if not request.cover:
+        fields.pop("cover", None)
+    return fields
+
+
 def request_id(request: ForgetConfig) -> str:
     """The request's ``id``, or one derived from its content (the same request, the same id)."""
     if request.id is not None:
         return request.id
-    body = json.dumps(request.model_dump(mode="json", exclude_none=True, exclude={"id"}), sort_keys=True)
+    body = json.dumps({k: v for k, v in _request_fields(request).items() if k != "id"}, sort_keys=True)
     return f"{request.kind}-{hashlib.sha256(body.encode()).hexdigest()[:12]}"
 
 
@@ -62,7 +71,7 @@ def resolve_forget_request(
         training sample, an unknown party, columns the party does not hold.
     """
     rid = request_id(request)
-    described = {**request.model_dump(mode="json", exclude_none=True), "id": rid}
+    described = {**_request_fields(request), "id": rid}
     if request.kind in ForgetKind.OF_A_PARTY:
         party, columns = _resolve_party(request, slices, column_names)
         return ForgetSet(
@@ -167,25 +176,38 @@ def _resolve_party(
 
 @dataclass(frozen=True)
 class MethodRun:
-    """What running one method cost: wall time and the traffic between server and parties."""
+    """What running one method cost: wall time and the traffic between server and parties,
+    and under ``forget.cover`` what the decoys cost (:meth:`vfl_sim.server.cover.Cover.to_dict`)."""
 
     name: str
     runtime_s: float
     comm: CommStats
+    cover: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"runtime_s": self.runtime_s, "communication": self.comm.to_dict()}
+        out: dict[str, Any] = {"runtime_s": self.runtime_s, "communication": self.comm.to_dict()}
+        if self.cover is not None:
+            total = self.comm.total_bytes
+            out["cover"] = {**self.cover, "decoy_bytes_share": self.cover["decoy_bytes"] / total if total else 0.0}
+        return out
 
 
 class UnlearningCoordinator:
     """Runs unlearning methods for one resolved forget request, each from the original model."""
 
-    def __init__(self, server: Server, forget: ForgetSet, train: TrainConfig, *, seed: int, top_seed: int) -> None:
+    def __init__(
+        self, server: Server, forget: ForgetSet, train: TrainConfig, *, seed: int, top_seed: int, cover: bool = False
+    ) -> None:
+        if cover and forget.forget_ids.numel() == 0:
+            raise ForgetRequestError(
+                f"forget.cover hides a forget set among the training samples; a {forget.kind} request forgets none"
+            )
         self.server = server
         self.forget = forget
         self.train = train
         self.seed = seed
         self.top_seed = top_seed
+        self.cover = cover
 
     def context(self, method: UnlearningMethod, on_step: Any = None) -> UnlearningContext:
         method_seed = derive_seed(self.seed, "method", method.label)
@@ -215,12 +237,21 @@ class UnlearningCoordinator:
         self.apply_removal()
         # Methods may draw from the global RNG (dropout); seed it so each method is reproducible alone.
         torch.manual_seed(ctx.seed)
-        method.unlearn(ctx)
+        cover = None
+        if self.cover:
+            # forget.cover: the method's messages carry decoys (vfl_sim.server.cover), drawn from
+            # a stream of their own so the method's own draws stay as they are.
+            pool = torch.cat([self.forget.forget_ids, self.forget.retain_ids])
+            with self.server.covering(pool, derive_seed(self.seed, "cover", method.label)) as covering:
+                method.unlearn(ctx)
+            cover = covering.to_dict()
+        else:
+            method.unlearn(ctx)
         runtime = time.perf_counter() - start
         comm = self.server.transport.stats.since(before)
         self.check_removal(method.label)
         self.server.save_state(method.label)
-        return MethodRun(method.label, runtime, comm)
+        return MethodRun(method.label, runtime, comm, cover)
 
     def apply_removal(self) -> None:
         """Cut the request's party (or its columns) out of the current model."""

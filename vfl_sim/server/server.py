@@ -15,7 +15,8 @@ before the first of those steps; the party makes Q updates with that stale gradi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -34,6 +35,7 @@ from vfl_sim.optim import (
 )
 from vfl_sim.protocol import Ack, Backward, CoreStep, Embed, EmbedReply, LocalOp, Reply, Request
 from vfl_sim.seeding import derive_seed, torch_generator
+from vfl_sim.server.cover import Cover, Padded
 from vfl_sim.transport import Transport
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -108,6 +110,8 @@ class Server:
         # The phase's defense of the gradients sent to parties (configure) and its noise stream.
         self.defense: DefenseConfig | None = None
         self.defense_generator: torch.Generator | None = None
+        # Decoy ids while a method runs under forget.cover (covering).
+        self.cover: Cover | None = None
 
     # -- parties -------------------------------------------------------------------------------
 
@@ -152,6 +156,37 @@ class Server:
             raise RuntimeError("the top model has no party mask for these parties")
         with torch.no_grad():
             self.top.party_mask[self.party_ids.index(party_id)] = 0.0
+
+    # -- cover -------------------------------------------------------------------------------
+
+    @contextmanager
+    def covering(self, pool: torch.Tensor, seed: int) -> Iterator[Cover]:
+        """Pad every message that names samples with decoys while the context is open
+        (``forget.cover``, :mod:`vfl_sim.server.cover`): each party is asked about every id of
+        ``pool`` (the training ids) equally often. Yields the :class:`Cover`, which counts
+        what the decoys cost."""
+        if self.cover is not None:
+            raise RuntimeError("the server is already covering")
+        cover = Cover(pool, seed)
+        self.cover = cover
+        self.transport.taps.append(cover.check)
+        try:
+            yield cover
+        finally:
+            self.transport.taps.remove(cover.check)
+            self.cover = None
+            cover.close()
+
+    def cover_plan(self, batches: Sequence[torch.Tensor]) -> list[Padded]:
+        """The messages of one pass over ``batches``: each batch padded with its share of the
+        pass's decoys when the server is covering, else as it is (:class:`Padded.plain`).
+
+        A method that sends its own requests naming samples sends ``padded.ids``, reads the
+        real rows of a reply with ``padded.take`` and sends ``padded.scatter(rows)`` (zero rows
+        for decoys) where a tensor has one row per id."""
+        if self.cover is None:
+            return [Padded.plain(b) for b in batches]
+        return self.cover.plan(batches)
 
     def _ask(self, request: Request) -> dict[str, Reply]:
         return self.transport.exchange({pid: request for pid in self.active_party_ids})
@@ -290,11 +325,15 @@ class Server:
         """
         if local_steps < 1:
             raise ValueError(f"local_steps must be >= 1, got {local_steps}")
+        # Under cover each batch travels with decoys: the top model and the loss read the real
+        # rows only, and the decoys' gradient rows are zero.
+        sent = self.cover_plan(batches)
         self.top.train()  # once per epoch; parties switch their own mode per request
-        replies = self._ask(Embed(batches[0], train=update_parties))
+        replies = self._ask(Embed(sent[0].ids, train=update_parties))
         for t, batch in enumerate(batches):
             leaves = [e.requires_grad_(update_parties) for e in self._embeddings(replies)]
-            logits = self.top(fuse(leaves, self.fusion))
+            real = [sent[t].take(leaf) for leaf in leaves]
+            logits = self.top(fuse(real, self.fusion))
             labels = self.labels[batch.to(self.device)]
             loss = loss_fn(logits, labels, batch)
             if self.optimizer is not None:
@@ -305,26 +344,40 @@ class Server:
                 if self.scheduler is not None:
                     self.scheduler.step()
                 if local_steps > 1:
-                    self._local_top_steps(leaves, labels, batch, loss_fn, local_steps - 1)
-            nxt = Embed(batches[t + 1], train=update_parties) if t + 1 < len(batches) else None
+                    self._local_top_steps(real, labels, batch, loss_fn, local_steps - 1)
+            nxt = Embed(sent[t + 1].ids, train=update_parties) if t + 1 < len(batches) else None
+            active = set(self.active_party_ids)
             if update_parties:
-                active = set(self.active_party_ids)
+                grads = {
+                    pid: sent[t].scatter(self._defended(sent[t].take(self._grad(leaf))))
+                    for pid, leaf in zip(self.party_ids, leaves)
+                    if pid in active
+                }
+                if self.cover is not None:
+                    for pid, leaf in zip(self.party_ids, leaves):
+                        if pid in active:
+                            self.cover.count(sent[t], sent[t].ids, leaf, grads[pid])
                 replies = self.transport.exchange(
-                    {
-                        pid: Backward(self._defended(leaf.grad), then=nxt, local_steps=local_steps)
-                        for pid, leaf in zip(self.party_ids, leaves)
-                        if pid in active
-                    }
+                    {pid: Backward(g, then=nxt, local_steps=local_steps) for pid, g in grads.items()}
                 )
-            elif nxt is not None:
-                replies = self._ask(nxt)
+            else:
+                if self.cover is not None:
+                    for pid, leaf in zip(self.party_ids, leaves):
+                        if pid in active:
+                            self.cover.count(sent[t], sent[t].ids, leaf)
+                if nxt is not None:
+                    replies = self._ask(nxt)
             if on_step is not None:
                 on_step(float(loss.detach()))
 
-    def _defended(self, grad: torch.Tensor | None) -> torch.Tensor:
-        """The gradient a party is sent: ``grad`` under the phase's gradient defense."""
-        if grad is None:
+    @staticmethod
+    def _grad(leaf: torch.Tensor) -> torch.Tensor:
+        if leaf.grad is None:
             raise RuntimeError("no gradient for a party's embedding (was it detached?)")
+        return leaf.grad
+
+    def _defended(self, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient a party is sent: ``grad`` under the phase's gradient defense."""
         d = self.defense
         if d is None or not d.on_gradients:
             return grad
@@ -373,14 +426,22 @@ class Server:
     # -- inference -----------------------------------------------------------------------------
 
     def embed(
-        self, ids: torch.Tensor, *, layers: bool = False, batch_size: int = 4096
+        self, ids: torch.Tensor, *, layers: bool = False, batch_size: int = 4096, cover: bool = True
     ) -> tuple[list[torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
         """Eval-mode embeddings of ``ids`` from every party, in party order, and (if ``layers``)
-        each party's named layer activations ``{party_id: {layer: (n, d)}}``."""
+        each party's named layer activations ``{party_id: {layer: (n, d)}}``.
+
+        While the server is covering, the request is padded so that it asks about every
+        training sample (:meth:`Cover.pad`) and only the rows of ``ids`` are returned;
+        ``cover=False`` sends ``ids`` as they are (the caller padded them already, as the
+        ``ids`` of a :meth:`cover_plan`)."""
         ids = ids.to(torch.int64).cpu()
+        padded = self.cover.pad(ids) if self.cover is not None and cover else Padded.plain(ids)
         chunks: list[list[torch.Tensor]] = [[] for _ in self.party_ids]
         layer_chunks: dict[str, dict[str, list[torch.Tensor]]] = {pid: {} for pid in self.party_ids}
-        for batch in (b.clone() for b in torch.split(ids, batch_size)):  # own storage, as in make_batches
+        for batch in (b.clone() for b in torch.split(padded.ids, batch_size)):  # own storage, as in make_batches
+            if self.cover is not None:
+                self.cover.vouch(batch)
             replies = self._ask(Embed(batch, train=False, layers=layers))
             for k, embedding in enumerate(self._embeddings(replies)):
                 chunks[k].append(embedding)
@@ -388,8 +449,14 @@ class Server:
                 assert isinstance(reply, EmbedReply)
                 for name, t in (reply.layers or {}).items():
                     layer_chunks[pid].setdefault(name, []).append(t)
-        embeddings = [torch.cat(c) for c in chunks]
-        per_layer = {pid: {n: torch.cat(ts) for n, ts in d.items()} for pid, d in layer_chunks.items()}
+        sent = [torch.cat(c) for c in chunks]
+        per_layer_sent = {pid: {n: torch.cat(ts) for n, ts in d.items()} for pid, d in layer_chunks.items()}
+        if self.cover is not None:
+            for pid, e in zip(self.party_ids, sent):
+                if pid in self.active_party_ids:
+                    self.cover.count(padded, padded.ids, e, *per_layer_sent[pid].values())
+        embeddings = [padded.take(e) for e in sent]
+        per_layer = {pid: {n: padded.take(t) for n, t in d.items()} for pid, d in per_layer_sent.items()}
         return embeddings, per_layer
 
     def logits(self, embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
