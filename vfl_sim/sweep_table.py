@@ -73,6 +73,7 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("completion_gap_max", "model_completion.parties.*.completion_gap"),
     ("request_ids_advantage_max", "request_leakage.*.ids_advantage"),
     ("request_gradient_advantage_max", "request_leakage.*.gradient_norm_advantage"),
+    ("request_op_gradient_advantage_max", "request_leakage.*.op_gradient_norm_advantage"),
     ("cover_decoy_bytes", "cover.decoy_bytes"),
     ("runtime_s", "runtime_s"),
     ("bytes_total", "communication.bytes_total"),
