@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -151,7 +150,3 @@ def external_folders(what: str = "flower.superlink") -> tuple[Path, Path]:
         )
     assert server is not None and parties is not None
     return server, parties
-
-
-def remove_party_data(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)

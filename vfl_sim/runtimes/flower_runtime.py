@@ -106,11 +106,10 @@ def run_on_flower(
     if cfg.runtime not in ("flower-sim", "flower-deploy"):
         raise ValueError(f"runtime '{cfg.runtime}' does not run on Flower")
     out = out.expanduser().resolve()
-    if cfg.runtime == "flower-deploy" and cfg.flower.superlink is not None:
-        server_dir, party_root = external_folders()  # before anything starts
+    external = cfg.runtime == "flower-deploy" and cfg.flower.superlink is not None
+    handoff = external_folders() if external else None  # before anything starts
     folder = Path(tempfile.mkdtemp(prefix="vfl-sim-flower-"))
-    if cfg.runtime == "flower-sim" or cfg.flower.superlink is None:
-        server_dir, party_root = folder / "server", folder / "party-data"
+    server_dir, party_root = handoff or (folder / "server", folder / "party-data")
     # The ServerApp inherits the SuperLink's environment, each party its SuperNode's; a
     # simulated party runs in the SuperLink's simulation process, so that one gets both.
     to_server = {SERVER_DIR_ENV: str(server_dir), PARTY_DATA_ENV: ""}
