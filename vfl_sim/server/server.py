@@ -347,26 +347,21 @@ class Server:
                     self._local_top_steps(real, labels, batch, loss_fn, local_steps - 1)
             nxt = Embed(sent[t + 1].ids, train=update_parties) if t + 1 < len(batches) else None
             active = set(self.active_party_ids)
+            grads = {
+                pid: sent[t].scatter(self._defended(sent[t].take(self._grad(leaf))))
+                for pid, leaf in zip(self.party_ids, leaves)
+                if pid in active and update_parties
+            }
+            if self.cover is not None:
+                for pid, leaf in zip(self.party_ids, leaves):
+                    if pid in active:
+                        self.cover.count(sent[t], sent[t].ids, leaf, grads.get(pid))
             if update_parties:
-                grads = {
-                    pid: sent[t].scatter(self._defended(sent[t].take(self._grad(leaf))))
-                    for pid, leaf in zip(self.party_ids, leaves)
-                    if pid in active
-                }
-                if self.cover is not None:
-                    for pid, leaf in zip(self.party_ids, leaves):
-                        if pid in active:
-                            self.cover.count(sent[t], sent[t].ids, leaf, grads[pid])
                 replies = self.transport.exchange(
                     {pid: Backward(g, then=nxt, local_steps=local_steps) for pid, g in grads.items()}
                 )
-            else:
-                if self.cover is not None:
-                    for pid, leaf in zip(self.party_ids, leaves):
-                        if pid in active:
-                            self.cover.count(sent[t], sent[t].ids, leaf)
-                if nxt is not None:
-                    replies = self._ask(nxt)
+            elif nxt is not None:
+                replies = self._ask(nxt)
             if on_step is not None:
                 on_step(float(loss.detach()))
 
